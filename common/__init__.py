@@ -1,0 +1,1 @@
+"""Pieces every CardLink process shares: errors, config, clock, auth, servers, Redis."""
