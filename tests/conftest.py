@@ -1,0 +1,67 @@
+"""Shared fixtures: a real Redis per test worker and a private key prefix per test.
+
+With ``REDIS_URL`` unset each xdist worker starts its own private
+redis-server (no AOF, unix socket). With ``REDIS_URL`` set, tests use that
+server's DB ``CARDLINK_TEST_REDIS_DB`` (default 9) and only ever delete keys
+under their own prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from common.redis_runtime import PrivateRedis
+
+
+def _with_db(url: str, db: int) -> str:
+    pool_kwargs = redis.connection.parse_url(url)
+    if "path" in pool_kwargs:
+        return f"unix://{pool_kwargs['path']}?db={db}"
+    host = pool_kwargs.get("host", "127.0.0.1")
+    port = pool_kwargs.get("port", 6379)
+    auth = ""
+    if pool_kwargs.get("password"):
+        auth = f"{pool_kwargs.get('username') or ''}:{pool_kwargs['password']}@"
+    return f"redis://{auth}{host}:{port}/{db}"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    shared = os.environ.get("REDIS_URL")
+    if shared:
+        yield _with_db(shared, int(os.environ.get("CARDLINK_TEST_REDIS_DB", "9")))
+        return
+    server = PrivateRedis(Path(tmp_path_factory.mktemp("redis")), appendonly=False).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def key_prefix(redis_url: str) -> Iterator[str]:
+    """A prefix no other test uses; everything under it is deleted afterwards."""
+    prefix = f"cltest:{uuid.uuid4().hex[:12]}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
