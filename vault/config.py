@@ -1,0 +1,60 @@
+"""The vault's settings, read once from the environment (see README, Configuration)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from common.config import ConfigError, Env, default_state_dir
+
+
+class VaultMode(Enum):
+    """Where the root key comes from."""
+
+    DEV = "dev"  # a local key file, for `make run`
+    PRODUCTION = "production"  # custodian shares; never on disk in clear
+
+
+@dataclass(frozen=True)
+class VaultConfig:
+    listen: str
+    redis_url: str
+    redis_prefix: str
+    mode: VaultMode
+    key_file: Path
+    trust_file: Path
+    audience: str
+    sealing_grace_s: int
+    keyring_refresh_s: float
+    grace_shutdown_s: float
+    log_level: str
+    log_json: bool
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> VaultConfig:
+        env = Env(environ)
+        state = env.path("CARDLINK_STATE_DIR", default_state_dir())
+        redis_url = env.optional("REDIS_URL")
+        if redis_url is None:
+            raise ConfigError("REDIS_URL is required (make run starts a private Redis)")
+        mode_name = env.text("CARDLINK_VAULT_MODE", VaultMode.DEV.value)
+        try:
+            mode = VaultMode(mode_name)
+        except ValueError:
+            raise ConfigError(f"CARDLINK_VAULT_MODE must be dev or production, got {mode_name!r}")
+        return cls(
+            listen=env.text("CARDLINK_VAULT_LISTEN", "127.0.0.1:7001"),
+            redis_url=redis_url,
+            redis_prefix=env.text("CARDLINK_REDIS_PREFIX", "cardlink"),
+            mode=mode,
+            key_file=env.path("CARDLINK_VAULT_KEY_FILE", state / "vault-root.key"),
+            trust_file=env.path("CARDLINK_TRUST_FILE", state / "trust.json"),
+            audience=env.text("CARDLINK_VAULT_AUDIENCE", "cardlink-vault"),
+            sealing_grace_s=env.integer("CARDLINK_SEALING_GRACE_S", 86_400, minimum=0),
+            keyring_refresh_s=env.number("CARDLINK_KEYRING_REFRESH_S", 1.0),
+            grace_shutdown_s=env.number("CARDLINK_SHUTDOWN_GRACE_S", 5.0),
+            log_level=env.text("CARDLINK_LOG_LEVEL", "INFO"),
+            log_json=env.flag("CARDLINK_LOG_JSON", False),
+        )
