@@ -34,13 +34,16 @@ __all__ = [
     "grpc_code",
     "rpc_errors",
     "status_from_error",
+    "wrap_handler",
 ]
 
 logger = logging.getLogger("cardlink.grpc")
 
 DETAILS_KEY = "grpc-status-details-bin"
 
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]]
+# The next interceptor (or the handler lookup); a string so grpc's runtime
+# class need not be generic.
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any]"]]
 GENERIC_INTERNAL_MESSAGE = "internal error"
 
 # One class per canonical code: the table error_from_rpc uses to rebuild the
@@ -116,10 +119,20 @@ async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: Exception) 
     if isinstance(error, CardLinkError):
         if isinstance(error, errors.Internal):
             logger.error("internal error %s: %s", error.reason, error.message)
-        status = rpc_status.to_status(status_from_error(error))
-        await context.abort(status.code, status.details, status.trailing_metadata)
+        status = _to_grpc_status(error)
+        if status is not None:
+            await context.abort(status.code, status.details, status.trailing_metadata)
     logger.exception("unhandled exception in handler", exc_info=error)
     await context.abort(grpc.StatusCode.INTERNAL, GENERIC_INTERNAL_MESSAGE)
+
+
+def _to_grpc_status(error: CardLinkError) -> grpc.Status | None:
+    # A malformed error (say a non-str metadata value) must still end as a
+    # clean INTERNAL, not as grpc's UNKNOWN carrying the exception text.
+    try:
+        return rpc_status.to_status(status_from_error(error))
+    except (TypeError, ValueError):
+        return None
 
 
 def _wrap_unary_response(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:

@@ -1,0 +1,133 @@
+"""Structured logging with a PAN-redaction safety net.
+
+Domain code never logs a card number; the filter here is the second line of
+defence: any run of 12-19 digits (optionally split by single spaces or
+dashes, as card numbers are written) is masked in the message, its args and
+the final formatted line (tracebacks included) before anything is written.
+"""
+
+from __future__ import annotations
+
+import json as _json
+import logging
+import re
+import sys
+import time
+from typing import Any, TextIO
+
+__all__ = [
+    "REDACTED",
+    "JsonFormatter",
+    "KeyValueFormatter",
+    "RedactingFilter",
+    "configure_logging",
+    "redact",
+]
+
+REDACTED = "[REDACTED]"
+
+# 12-19 digits, each optionally preceded by one space or dash, not touching
+# other digits (so a longer number is masked whole, not left partly visible).
+_DIGIT_RUN = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){11,18}(?![0-9])")
+# A longer run still hides a PAN inside; mask every digit run of 12 or more.
+_LONG_RUN = re.compile(r"[0-9](?:[ -]?[0-9]){19,}")
+
+# Attributes every LogRecord has; anything else came from ``extra=``.
+_STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+def redact(text: str) -> str:
+    """``text`` with every card-number-like digit run masked."""
+    return _DIGIT_RUN.sub(REDACTED, _LONG_RUN.sub(REDACTED, text))
+
+
+class RedactingFilter(logging.Filter):
+    """Masks digit runs in a record's message and args (attach to handlers)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # Merge args first: a PAN could be split between the format string
+        # and an argument, or hide in an object's str().
+        record.msg = redact(_message(record))
+        record.args = None
+        for name, value in list(vars(record).items()):
+            if name not in _STANDARD_ATTRS and isinstance(value, str):
+                setattr(record, name, redact(value))
+        return True
+
+
+def _message(record: logging.LogRecord) -> str:
+    try:
+        return record.getMessage()
+    except (TypeError, ValueError):
+        # A bad format call must not raise into the caller; keep the pieces.
+        return f"{record.msg} {record.args!r}"
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS}
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+    return f"{seconds}.{int(record.msecs):03d}Z"
+
+
+class KeyValueFormatter(logging.Formatter):
+    """``ts=... level=INFO logger=cardlink.vault msg="..." key=value`` lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {
+            "ts": _timestamp(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+            **_extras(record),
+        }
+        if record.exc_info:
+            fields["exc"] = self.formatException(record.exc_info)
+        return redact(" ".join(f"{k}={_kv_value(v)}" for k, v in fields.items()))
+
+
+def _kv_value(value: Any) -> str:
+    text = str(value)
+    if text and not any(c in text for c in ' "=\n\t'):
+        return text
+    return _json.dumps(text)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, extras, exc."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields: dict[str, Any] = {
+            "ts": _timestamp(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+            **_extras(record),
+        }
+        if record.exc_info:
+            fields["exc"] = self.formatException(record.exc_info)
+        return redact(_json.dumps(fields, default=str))
+
+
+def configure_logging(
+    level: int | str = logging.INFO, json: bool = False, *, stream: TextIO | None = None
+) -> logging.Handler:
+    """Send all logs to ``stream`` (stderr) through the redaction filter; returns the handler.
+
+    Replaces handlers already on the root logger, so calling it twice is safe.
+    """
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if json else KeyValueFormatter())
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler

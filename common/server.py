@@ -1,0 +1,163 @@
+"""Building and running a CardLink grpc.aio server.
+
+Every server gets health checking (each service SERVING, NOT_SERVING during
+shutdown) and server reflection, the shared interceptors, and a graceful
+stop on SIGTERM/SIGINT: health flips first so load balancers drain the
+process, then ``server.stop(grace)`` lets in-flight calls finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "RunningServer",
+    "Service",
+    "install_uvloop",
+    "run_until_signal",
+    "start_server",
+]
+
+logger = logging.getLogger("cardlink.server")
+
+MiB = 1024 * 1024
+
+# Requests are small (sealed cards, ids); a 4 MiB cap bounds memory per call.
+# Keepalive pings detect dead peers behind NATs and load balancers; the
+# server tolerates client pings every 10 s even without calls so pooled
+# client channels are not punished with GOAWAY. Connections are recycled
+# after 30 min so clients rebalance across processes behind an L4 balancer.
+DEFAULT_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_receive_message_length", 4 * MiB),
+    ("grpc.max_send_message_length", 4 * MiB),
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_connection_age_ms", 30 * 60_000),
+    ("grpc.max_connection_age_grace_ms", 30_000),
+)
+
+
+@dataclass(frozen=True)
+class Service:
+    """One service to serve: its generated ``add_*_to_server`` function, servicer and name.
+
+    ``name`` is the full service name ('cardlink.vault.v1.TokenVault'), used
+    for health and reflection.
+    """
+
+    name: str
+    register: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    """A started server, the port it bound and its health servicer."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer  # type: ignore[name-defined]
+
+    async def stop(self, grace: float | None = 5.0) -> None:
+        """NOT_SERVING for every service, then stop within ``grace`` seconds."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def start_server(
+    services: Sequence[Service],
+    address: str,
+    *,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),  # type: ignore[type-arg]
+    options: Sequence[tuple[str, Any]] = DEFAULT_OPTIONS,
+    credentials: grpc.ServerCredentials | None = None,
+    maximum_concurrent_rpcs: int | None = None,
+) -> RunningServer:
+    """Start serving ``services`` on ``address`` ('127.0.0.1:0' picks a free port).
+
+    Pass interceptors outermost first: ``[ErrorInterceptor(), AuthInterceptor(...)]``
+    so that auth failures get rich error details too.
+    """
+    server = grpc.aio.server(
+        interceptors=list(interceptors),
+        options=list(options),
+        maximum_concurrent_rpcs=maximum_concurrent_rpcs,
+    )
+    for service in services:
+        service.register(service.servicer, server)
+    health_servicer = await _add_health(server, [s.name for s in services])
+    names = [s.name for s in services] + [health.SERVICE_NAME, reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(names, server)
+    port = _bind(server, address, credentials)
+    await server.start()
+    logger.info("serving %s on port %d", ", ".join(s.name for s in services), port)
+    return RunningServer(server, port, health_servicer)
+
+
+async def _add_health(server: grpc.aio.Server, names: Sequence[str]) -> Any:
+    servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    for name in names:  # "" (the whole server) is SERVING by default
+        await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return servicer
+
+
+def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
+    if port == 0:  # older grpc versions report a failed bind this way
+        raise RuntimeError(f"could not bind {address}")
+    return port
+
+
+async def run_until_signal(
+    server: grpc.aio.Server,
+    health_servicer: Any,
+    grace: float = 10.0,
+    *,
+    signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+) -> None:
+    """Serve until SIGTERM/SIGINT (or the server ends), then drain and stop gracefully."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    signalled = asyncio.ensure_future(stop.wait())
+    # Never cancel wait_for_termination(): grpc.aio then cancels the server's
+    # own shutdown future and the stop() below fails with CancelledError.
+    terminated = asyncio.ensure_future(server.wait_for_termination())
+    try:
+        await asyncio.wait({signalled, terminated}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        signalled.cancel()
+        logger.info("shutting down (grace %s s)", grace)
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(grace)
+        await terminated
+
+
+def install_uvloop() -> bool:
+    """Use uvloop's event loop policy when it is installed; True if it was."""
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
