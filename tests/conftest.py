@@ -18,6 +18,7 @@ import redis
 import redis.asyncio as aioredis
 
 from common.redis_runtime import PrivateRedis
+from tests.support.vault import VaultHandle, running_vault
 
 
 def _with_db(url: str, db: int) -> str:
@@ -65,3 +66,10 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def vault(redis_url: str, key_prefix: str, tmp_path: Path) -> AsyncIterator[VaultHandle]:
+    """A real vault on 127.0.0.1:0 with its own keys, trust file and key prefix."""
+    async with running_vault(redis_url, key_prefix, tmp_path) as handle:
+        yield handle

@@ -1,0 +1,1 @@
+"""Pieces of `make bench`: load generation and the bare echo baseline."""

@@ -1,0 +1,1 @@
+"""Test helpers shared by every suite: identities, a real vault on loopback, test cards."""

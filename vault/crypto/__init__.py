@@ -1,0 +1,53 @@
+"""The vault's cryptography: small recipes over pyca/cryptography primitives.
+
+- ``Kek.seal/open``: a record's payload under a fresh AES-256-GCM data key,
+  wrapped (RFC 3394) under a versioned key-encrypting key; the associated
+  data binds it to tenant, token and KEK version.
+- ``FingerprintKey.fingerprint``: HMAC-SHA256 of a PAN under a per-tenant key.
+- ``SealingKey.open`` / ``seal``: HPKE (RFC 9180) base mode,
+  DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM.
+- ``SigningKey.sign_key_set`` / ``verify_key_set``: Ed25519 over the key set.
+- ``RootKey.wrap/unwrap``: versioned key material at rest in Redis.
+
+Every failure to open raises :class:`DecryptionFailed`; nothing returns None.
+"""
+
+from vault.crypto._asymmetric import (
+    AEAD_ID,
+    KDF_ID,
+    KEM_ID,
+    SealingKey,
+    SigningKey,
+    seal,
+    sealing_info,
+    verify_key_set,
+)
+from vault.crypto._errors import CryptoError, DecryptionFailed, SignatureInvalid
+from vault.crypto._symmetric import (
+    Envelope,
+    FingerprintKey,
+    Kek,
+    RootKey,
+    new_symmetric_key,
+    record_aad,
+)
+
+__all__ = [
+    "AEAD_ID",
+    "KDF_ID",
+    "KEM_ID",
+    "CryptoError",
+    "DecryptionFailed",
+    "Envelope",
+    "FingerprintKey",
+    "Kek",
+    "RootKey",
+    "SealingKey",
+    "SignatureInvalid",
+    "SigningKey",
+    "new_symmetric_key",
+    "record_aad",
+    "seal",
+    "sealing_info",
+    "verify_key_set",
+]

@@ -1,0 +1,349 @@
+"""The token vault's domain service: tokenize, get, delete, detokenize, key set.
+
+Plain async Python over the keyring, the store and the audit log. Raises
+``common.errors`` classes with stable reasons; never imports grpc.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf.message import DecodeError
+from redis.asyncio import Redis
+
+from cardlink.vault.v1 import vault_pb2
+from common.clock import Clock
+from common.errors import (
+    Aborted,
+    CardLinkError,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    invalid_field,
+)
+from vault.audit import DELETE, DETOKENIZE, RESULT_OK, AuditEntry, AuditLog, AuditSink
+from vault.crypto import AEAD_ID, KDF_ID, KEM_ID, DecryptionFailed, Kek
+from vault.keyring import DevKeyFile, Keyring, KeySnapshot, RootKeyProvider, SealingKeyVersion
+from vault.pan import CardDisplay, CardSecret, validate_card
+from vault.store import StoredRecord, VaultStore
+from vault.tokens import check_tenant, check_token, new_token, token_name
+
+MAX_SEALED_CARD_BYTES = 4096
+MAX_KEY_ID_CHARS = 64
+MAX_REASON_CHARS = 200
+
+SEALED_CARD_INVALID = "SEALED_CARD_INVALID"
+SEALED_CARD_UNREADABLE = "SEALED_CARD_UNREADABLE"
+SEALING_KEY_ID_INVALID = "SEALING_KEY_ID_INVALID"
+SEALING_KEY_UNKNOWN = "SEALING_KEY_UNKNOWN"
+SEALING_KEY_EXPIRED = "SEALING_KEY_EXPIRED"
+TOKEN_NOT_FOUND = "TOKEN_NOT_FOUND"  # noqa: S105 (an error reason, not a secret)
+REASON_INVALID = "REASON_INVALID"
+CALLER_INVALID = "CALLER_INVALID"
+RECORD_UNREADABLE = "RECORD_UNREADABLE"
+TOKENIZE_CONFLICT = "TOKENIZE_CONFLICT"
+
+CIPHERTEXT_FIELD = "sealed_card.ciphertext"
+KEY_ID_FIELD = "sealed_card.key_id"
+# Each retry means a concurrent delete or a 2**-128 token collision.
+_TOKENIZE_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who is calling (the JWT subject) and the request id, for the audit log."""
+
+    caller: str
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """A token's metadata and display data; never the PAN. Times are epoch seconds."""
+
+    tenant: str
+    token: str
+    display: CardDisplay
+    create_time: float
+    update_time: float
+
+    @property
+    def name(self) -> str:
+        return token_name(self.tenant, self.token)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenizeResult:
+    record: TokenRecord
+    already_known: bool
+
+
+@dataclass(frozen=True, slots=True)
+class KeySetSignature:
+    signing_key_id: str
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SignedKeySet:
+    """A serialized ``SealingKeySetContent`` and its Ed25519 signatures."""
+
+    key_set: bytes
+    signatures: tuple[KeySetSignature, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _CachedKeySet:
+    generation: int
+    valid_until: float
+    value: SignedKeySet
+
+
+def _not_found() -> NotFound:
+    # Identical for "never existed" and "another tenant's": nothing to tell apart.
+    return NotFound(TOKEN_NOT_FOUND, "token not found")
+
+
+def _unreadable() -> InvalidArgument:
+    return invalid_field(CIPHERTEXT_FIELD, "the sealed card does not open", SEALED_CARD_UNREADABLE)
+
+
+def _card_to_bytes(card: CardSecret) -> bytes:
+    message = vault_pb2.CardSecret(
+        pan=card.pan, expiry_month=card.expiry_month, expiry_year=card.expiry_year,
+        holder_name=card.holder_name, national_id=card.national_id, phone=card.phone,
+    )
+    return message.SerializeToString(deterministic=True)
+
+
+def _card_from_bytes(data: bytes) -> CardSecret:
+    message = vault_pb2.CardSecret.FromString(data)
+    return CardSecret(message.pan, message.expiry_month, message.expiry_year,
+                      message.holder_name, message.national_id, message.phone)
+
+
+def _record(stored: StoredRecord) -> TokenRecord:
+    return TokenRecord(stored.tenant, stored.token, stored.display, stored.create_time,
+                       stored.update_time)
+
+
+def _check_sealed_input(key_id: str, sealed: bytes) -> None:
+    if not key_id or len(key_id) > MAX_KEY_ID_CHARS or not key_id.isascii():
+        raise invalid_field(KEY_ID_FIELD, f"must be 1-{MAX_KEY_ID_CHARS} ASCII characters",
+                            SEALING_KEY_ID_INVALID)
+    if not sealed or len(sealed) > MAX_SEALED_CARD_BYTES:
+        raise invalid_field(CIPHERTEXT_FIELD, f"must be 1-{MAX_SEALED_CARD_BYTES} bytes",
+                            SEALED_CARD_INVALID)
+
+
+def _check_reason(reason: str) -> str:
+    if not 0 < len(reason) <= MAX_REASON_CHARS or not reason.isprintable() or not reason.strip():
+        raise invalid_field("reason", f"must be 1-{MAX_REASON_CHARS} printable characters",
+                            REASON_INVALID)
+    return reason
+
+
+def _check_actor(actor: Actor) -> Actor:
+    if not actor.caller:
+        raise Internal(CALLER_INVALID, "the caller is not identified")
+    return actor
+
+
+class VaultService:
+    """The vault's operations. Construct once per process; safe for concurrent use."""
+
+    def __init__(self, *, store: VaultStore, keyring: Keyring, audit: AuditSink, clock: Clock,
+                 key_set_max_age: float = 60.0) -> None:
+        self._store = store
+        self._keyring = keyring
+        self._audit = audit
+        self._clock = clock
+        self._key_set_max_age = key_set_max_age
+        self._key_set: _CachedKeySet | None = None
+
+    @classmethod
+    def create(cls, redis: Redis, *, prefix: str, clock: Clock,
+               root_keys: RootKeyProvider | None = None, dev_key_file: Path | None = None,
+               keyring_refresh_seconds: float = 1.0) -> VaultService:
+        """Wire a service on one Redis client (``decode_responses=False``).
+
+        Pass ``root_keys`` (production) or ``dev_key_file`` (development).
+        """
+        if root_keys is None:
+            if dev_key_file is None:
+                raise ValueError("give root_keys or dev_key_file")
+            root_keys = DevKeyFile(dev_key_file)
+        keyring = Keyring(redis, prefix=prefix, root_keys=root_keys, clock=clock,
+                          refresh_seconds=keyring_refresh_seconds)
+        return cls(store=VaultStore(redis, prefix=prefix), keyring=keyring,
+                   audit=AuditLog(redis, prefix=prefix), clock=clock)
+
+    @property
+    def keyring(self) -> Keyring:
+        return self._keyring
+
+    # --- sealing key set ------------------------------------------------------
+
+    async def sealing_key_set(self) -> SignedKeySet:
+        """The usable sealing public keys (current first), signed by every signing key."""
+        keys = await self._keyring.snapshot()
+        now = self._clock.now()
+        cached = self._key_set
+        if cached is not None and cached.generation == keys.generation and now < cached.valid_until:
+            return cached.value
+        usable = keys.usable_sealing_keys(now)
+        content = vault_pb2.SealingKeySetContent(keys=[self._public_key(k, i) for i, k in
+                                                       enumerate(usable)])
+        content.issue_time.FromNanoseconds(int(now * 1e9))
+        key_set = content.SerializeToString(deterministic=True)
+        value = SignedKeySet(key_set, tuple(
+            KeySetSignature(s.key.key_id, s.key.sign_key_set(key_set)) for s in keys.signing_keys
+        ))
+        # Re-sign when a listed key's grace period ends, so it drops out on time.
+        ends = [k.expire_time for k in usable if k.expire_time is not None]
+        self._key_set = _CachedKeySet(keys.generation,
+                                      min([now + self._key_set_max_age, *ends]), value)
+        return value
+
+    @staticmethod
+    def _public_key(entry: SealingKeyVersion, position: int) -> vault_pb2.SealingKey:
+        state = vault_pb2.SealingKey.STATE_CURRENT if position == 0 else (
+            vault_pb2.SealingKey.STATE_PREVIOUS)
+        key = vault_pb2.SealingKey(key_id=entry.key_id, kem_id=KEM_ID, kdf_id=KDF_ID,
+                                   aead_id=AEAD_ID, public_key=entry.key.public_key, state=state)
+        key.create_time.FromNanoseconds(int(entry.create_time * 1e9))
+        if entry.expire_time is not None:
+            key.expire_time.FromNanoseconds(int(entry.expire_time * 1e9))
+        return key
+
+    # --- tokenize ---------------------------------------------------------------
+
+    async def tokenize(self, tenant: str, key_id: str, sealed_ciphertext: bytes,
+                       actor: Actor) -> TokenizeResult:
+        """Open a sealed card and return its token (the existing one for a known card)."""
+        check_tenant(tenant, field="parent")
+        _check_actor(actor)
+        _check_sealed_input(key_id, sealed_ciphertext)
+        keys = await self._keyring.snapshot()
+        sealing, keys = await self._sealing_key(keys, key_id)
+        card = self._open_sealed(sealing, tenant, sealed_ciphertext)
+        plaintext = _card_to_bytes(card)
+        fingerprints = [(fk.version, fk.fingerprint(tenant, card.pan))
+                        for fk in keys.fingerprint_keys]
+        fp_keys = [self._store.fingerprint_key(tenant, v, fp) for v, fp in fingerprints]
+        now = self._clock.now()
+        for _ in range(_TOKENIZE_ATTEMPTS):
+            fresh = self._stored(keys, tenant, new_token(), plaintext, fingerprints[0], card, now)
+            outcome = await self._store.insert_new(fresh, fp_keys)
+            if outcome.created:
+                return TokenizeResult(_record(fresh), already_known=False)
+            if outcome.existing_token is None:
+                continue  # token collision: draw another
+            index = outcome.fingerprint_index
+            known = self._stored(keys, tenant, outcome.existing_token, plaintext,
+                                 fingerprints[index], card, now)
+            create_time = await self._store.update_known(known, fp_keys[index])
+            if create_time is not None:
+                return TokenizeResult(TokenRecord(tenant, known.token, known.display,
+                                                  create_time, now), already_known=True)
+            # The token was deleted between the two scripts: start over with a new one.
+        raise Aborted(TOKENIZE_CONFLICT, "the card changed concurrently; retry")
+
+    async def _sealing_key(self, keys: KeySnapshot,
+                           key_id: str) -> tuple[SealingKeyVersion, KeySnapshot]:
+        entry = keys.sealing_key(key_id)
+        if entry is None:
+            # Another process may have rotated since this one last looked.
+            keys = await self._keyring.refresh()
+            entry = keys.sealing_key(key_id)
+        now = self._clock.now()
+        current_ids = ",".join(k.key_id for k in keys.usable_sealing_keys(now))
+        if entry is None:
+            raise FailedPrecondition(SEALING_KEY_UNKNOWN, "the sealing key is not known; "
+                                     "fetch the current key set", metadata={"key_ids": current_ids})
+        if not entry.usable(now):
+            raise FailedPrecondition(SEALING_KEY_EXPIRED, "the sealing key has expired; "
+                                     "fetch the current key set", metadata={"key_ids": current_ids})
+        return entry, keys
+
+    def _open_sealed(self, sealing: SealingKeyVersion, tenant: str, sealed: bytes) -> CardSecret:
+        try:
+            card = _card_from_bytes(sealing.key.open(sealed, tenant=tenant))
+        except (DecryptionFailed, DecodeError):
+            raise _unreadable() from None
+        return validate_card(card, self._clock.now(), field=CIPHERTEXT_FIELD)
+
+    @staticmethod
+    def _stored(keys: KeySnapshot, tenant: str, token: str, plaintext: bytes,
+                fingerprint: tuple[int, str], card: CardSecret, now: float) -> StoredRecord:
+        envelope = keys.kek.seal(plaintext, tenant=tenant, token=token)
+        return StoredRecord(tenant, token, envelope, fingerprint[1], fingerprint[0],
+                            card.display(), now, now)
+
+    # --- get / delete / detokenize ----------------------------------------------
+
+    async def get(self, tenant: str, token: str) -> TokenRecord:
+        """A token's display data; NOT_FOUND for a missing or other tenant's token."""
+        check_tenant(tenant, field="name")
+        check_token(token, field="name")
+        shown = await self._store.load_display(tenant, token)
+        if shown is None:
+            raise _not_found()
+        return TokenRecord(tenant, token, shown.display, shown.create_time, shown.update_time)
+
+    async def delete(self, tenant: str, token: str, actor: Actor) -> None:
+        """Delete a token and destroy its wrapped data key and ciphertext; audited."""
+        check_tenant(tenant, field="name")
+        check_token(token, field="name")
+        _check_actor(actor)
+        deleted = await self._store.delete(tenant, token)
+        result = RESULT_OK if deleted else TOKEN_NOT_FOUND
+        await self._audit.append(self._entry(DELETE, tenant, token, actor, result))
+        if not deleted:
+            raise _not_found()
+
+    async def detokenize(self, tenant: str, token: str, reason: str,
+                         actor: Actor) -> tuple[TokenRecord, CardSecret]:
+        """The card in clear. Audited before anything is returned: if the audit
+        write fails, the call fails."""
+        check_tenant(tenant, field="name")
+        check_token(token, field="name")
+        _check_reason(reason)
+        _check_actor(actor)
+        try:
+            stored, card = await self._open_record(tenant, token)
+        except CardLinkError as error:
+            await self._audit.append(self._entry(DETOKENIZE, tenant, token, actor,
+                                                 error.reason, reason))
+            raise
+        await self._audit.append(self._entry(DETOKENIZE, tenant, token, actor, RESULT_OK, reason))
+        return _record(stored), card
+
+    async def _open_record(self, tenant: str, token: str) -> tuple[StoredRecord, CardSecret]:
+        stored = await self._store.load(tenant, token)
+        if stored is None:
+            raise _not_found()
+        kek = await self._kek(stored.envelope.kek_version)
+        try:
+            plaintext = kek.open(stored.envelope, tenant=tenant, token=token)
+            return stored, _card_from_bytes(plaintext)
+        except (DecryptionFailed, DecodeError):
+            raise Internal(RECORD_UNREADABLE, "a token record does not open") from None
+
+    async def _kek(self, version: int) -> Kek:
+        keys = await self._keyring.snapshot()
+        kek = keys.kek_version(version)
+        if kek is None:
+            # Written by a process that saw a newer keyring than this one.
+            kek = (await self._keyring.refresh()).kek_version(version)
+        if kek is None:
+            raise Internal(RECORD_UNREADABLE, "a token record names an unknown key version")
+        return kek
+
+    def _entry(self, action: str, tenant: str, token: str, actor: Actor, result: str,
+               reason: str = "") -> AuditEntry:
+        return AuditEntry(action=action, caller=actor.caller, tenant=tenant, token=token,
+                          result=result, time=self._clock.now(), reason=reason,
+                          request_id=actor.request_id)

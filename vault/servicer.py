@@ -1,0 +1,116 @@
+"""gRPC transport for the vault: protos in, domain calls, protos out. No rules here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.protobuf import empty_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from cardlink.vault.v1 import vault_pb2, vault_pb2_grpc
+from common.auth import current_principal
+from vault.access import require_parent_tenant, require_token_tenant
+from vault.pan import CardDisplay, CardSecret
+from vault.service import Actor, TokenRecord, VaultService
+from vault.tokens import parse_parent, parse_token_name
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _display(display: CardDisplay) -> vault_pb2.CardDisplay:
+    return vault_pb2.CardDisplay(
+        bin=display.bin,
+        last_four=display.last_four,
+        brand=vault_pb2.CardBrand.Value(f"CARD_BRAND_{display.brand.value}"),
+        expiry_month=display.expiry_month,
+        expiry_year=display.expiry_year,
+        masked_holder_name=display.masked_holder_name,
+        masked_phone=display.masked_phone,
+    )
+
+
+def _token(record: TokenRecord) -> vault_pb2.Token:
+    return vault_pb2.Token(
+        name=record.name,
+        card=_display(record.display),
+        create_time=_timestamp(record.create_time),
+        update_time=_timestamp(record.update_time),
+    )
+
+
+def _card(card: CardSecret) -> vault_pb2.CardSecret:
+    return vault_pb2.CardSecret(
+        pan=card.pan,
+        expiry_month=card.expiry_month,
+        expiry_year=card.expiry_year,
+        holder_name=card.holder_name,
+        national_id=card.national_id,
+        phone=card.phone,
+    )
+
+
+def _actor(request_id: str) -> Actor:
+    return Actor(caller=current_principal().subject, request_id=request_id)
+
+
+class TokenVaultServicer(vault_pb2_grpc.TokenVaultServicer):
+    """Adapts cardlink.vault.v1.TokenVault onto VaultService."""
+
+    def __init__(self, service: VaultService) -> None:
+        self._service = service
+
+    async def GetSealingKeySet(
+        self, request: vault_pb2.GetSealingKeySetRequest, context: Context
+    ) -> vault_pb2.SealingKeySet:
+        signed = await self._service.sealing_key_set()
+        return vault_pb2.SealingKeySet(
+            key_set=signed.key_set,
+            signatures=[
+                vault_pb2.KeySetSignature(signing_key_id=s.signing_key_id, signature=s.signature)
+                for s in signed.signatures
+            ],
+        )
+
+    async def TokenizeCard(
+        self, request: vault_pb2.TokenizeCardRequest, context: Context
+    ) -> vault_pb2.TokenizeCardResponse:
+        tenant = require_parent_tenant(current_principal(), parse_parent(request.parent))
+        result = await self._service.tokenize(
+            tenant,
+            request.sealed_card.key_id,
+            request.sealed_card.ciphertext,
+            _actor(request.request_id),
+        )
+        return vault_pb2.TokenizeCardResponse(
+            token=_token(result.record), already_known=result.already_known
+        )
+
+    async def GetToken(self, request: vault_pb2.GetTokenRequest, context: Context) -> vault_pb2.Token:
+        name = parse_token_name(request.name)
+        tenant = require_token_tenant(current_principal(), name.tenant)
+        return _token(await self._service.get(tenant, name.token))
+
+    async def DeleteToken(
+        self, request: vault_pb2.DeleteTokenRequest, context: Context
+    ) -> empty_pb2.Empty:
+        name = parse_token_name(request.name)
+        tenant = require_token_tenant(current_principal(), name.tenant)
+        await self._service.delete(tenant, name.token, _actor(request.request_id))
+        return empty_pb2.Empty()
+
+    async def DetokenizeToken(
+        self, request: vault_pb2.DetokenizeTokenRequest, context: Context
+    ) -> vault_pb2.DetokenizeTokenResponse:
+        name = parse_token_name(request.name)
+        tenant = require_token_tenant(current_principal(), name.tenant)
+        record, card = await self._service.detokenize(
+            tenant, name.token, request.reason, _actor(request.request_id)
+        )
+        return vault_pb2.DetokenizeTokenResponse(token=_token(record), card=_card(card))
