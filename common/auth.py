@@ -2,10 +2,11 @@
 
 Every caller presents ``authorization: Bearer <JWT>`` (docs/ARCHITECTURE.md,
 Authentication). The trust store is a JSON file listing each issuer's JWKS and
-the tenants it may assert::
+the tenants and scopes it may assert::
 
     {"issuers": {"https://bank.example": {"jwks": {"keys": [...]},
-                                          "tenants": ["*"]}}}
+                                          "tenants": ["*"],
+                                          "scopes": ["vault.tokens.detokenize"]}}}
 
 It is re-read when the file changes, so an issuer rotates its signing key by
 (1) publishing the new key next to the old, (2) signing with the new key,
@@ -150,10 +151,15 @@ class TrustStoreError(ValueError):
 
 @dataclass(frozen=True)
 class IssuerTrust:
-    """One issuer's verification keys (by kid) and the tenants it may assert."""
+    """One issuer's verification keys (by kid), the tenants and the scopes it may assert.
+
+    Issuers sign their own tokens, so a partner could claim any scope; only
+    the scopes the trust store grants its issuer take effect.
+    """
 
     keys: Mapping[str, jwt.PyJWK]
     tenants: frozenset[str]
+    scopes: frozenset[str]
 
     def allows(self, tenant: str) -> bool:
         return "*" in self.tenants or tenant in self.tenants
@@ -178,11 +184,16 @@ def parse_trust_document(document: Any) -> dict[str, IssuerTrust]:
         tenants = entry.get("tenants")
         if not isinstance(tenants, list) or not all(isinstance(t, str) for t in tenants):
             raise TrustStoreError(f"issuer {name!r}: tenants must be a list of strings")
+        scopes = entry.get("scopes")
+        if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+            raise TrustStoreError(f"issuer {name!r}: scopes must be a list of strings")
         jwks = entry.get("jwks")
         keys = jwks.get("keys") if isinstance(jwks, dict) else None
         if not isinstance(keys, list):
             raise TrustStoreError(f"issuer {name!r}: jwks.keys must be a list")
-        issuers[name] = IssuerTrust(dict(_usable_keys(name, keys)), frozenset(tenants))
+        issuers[name] = IssuerTrust(
+            dict(_usable_keys(name, keys)), frozenset(tenants), frozenset(scopes)
+        )
     return issuers
 
 
@@ -442,7 +453,7 @@ def _principal_from(claims: Mapping[str, Any], issuer_name: str, issuer: IssuerT
         raise _refuse("TOKEN_INVALID", "the token's scope is invalid", claim="scope")
     if not issuer.allows(tenant):
         raise _refuse("TENANT_NOT_ALLOWED", "the issuer may not assert this tenant")
-    return Principal(issuer_name, subject, tenant, frozenset(scope.split()))
+    return Principal(issuer_name, subject, tenant, frozenset(scope.split()) & issuer.scopes)
 
 
 def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
@@ -604,17 +615,23 @@ def load_private_key_pem(path: str | os.PathLike[str]) -> PrivateKey:
 
 @dataclass(frozen=True)
 class TrustedIssuer:
-    """One issuer entry of a trust-store file."""
+    """One issuer entry of a trust-store file: its public keys, and the tenants
+    and scopes its tokens may claim (``"*"`` in tenants: any tenant)."""
 
     keys: Sequence[Mapping[str, Any]]
-    tenants: Sequence[str] = ("*",)
+    tenants: Sequence[str]
+    scopes: Sequence[str]
 
 
 def write_trust_store(path: str | os.PathLike[str], issuers: Mapping[str, TrustedIssuer]) -> None:
     """Write a trust-store file atomically (readers never see half a file)."""
     document = {
         "issuers": {
-            name: {"jwks": {"keys": [dict(k) for k in entry.keys]}, "tenants": list(entry.tenants)}
+            name: {
+                "jwks": {"keys": [dict(k) for k in entry.keys]},
+                "tenants": list(entry.tenants),
+                "scopes": list(entry.scopes),
+            }
             for name, entry in issuers.items()
         }
     }

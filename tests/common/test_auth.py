@@ -38,6 +38,8 @@ from common.grpc_errors import ErrorInterceptor, error_from_rpc
 AUDIENCE = "cardlink-vault"
 GATEWAY = "https://gateway.test"
 PARTNER = "https://partner-a.test"
+GATEWAY_SCOPES = ["tokens.read", "tokens.write"]
+PARTNER_SCOPES = ["bindings.write", "tokens.read"]
 SERVICE = "test.Secured"
 SCOPES = {
     f"/{SERVICE}/Whoami": "tokens.read",
@@ -67,8 +69,10 @@ class World:
         write_trust_store(
             self.path,
             {
-                GATEWAY: TrustedIssuer(gateway_keys, ["*"]),
-                PARTNER: TrustedIssuer([public_jwk(self.partner_key, "pa-1")], ["acme"]),
+                GATEWAY: TrustedIssuer(gateway_keys, ["*"], GATEWAY_SCOPES),
+                PARTNER: TrustedIssuer(
+                    [public_jwk(self.partner_key, "pa-1")], ["acme"], PARTNER_SCOPES
+                ),
             },
         )
 
@@ -132,6 +136,13 @@ def test_good_token_gives_its_principal(world: World) -> None:
     )
     assert principal.has_scope("tokens.write")
     assert not principal.has_scope("tokens.detokenize")
+
+
+def test_issuer_cannot_grant_itself_scopes_the_trust_store_withholds(world: World) -> None:
+    # Partners sign their own tokens: a partner claiming the bank's
+    # detokenize scope must not get it.
+    token = world.minter(PARTNER).mint("shop", "acme", ["bindings.write", "tokens.detokenize"])
+    assert world.verifier.verify(token).scopes == frozenset({"bindings.write"})
 
 
 def test_es256_partner_token_for_an_allowed_tenant(world: World) -> None:
@@ -313,8 +324,12 @@ def test_tenant_withdrawn_from_issuer_applies_to_cached_tokens(world: World) -> 
     write_trust_store(
         world.path,
         {
-            GATEWAY: TrustedIssuer([public_jwk(world.gateway_key, "gw-1")], ["*"]),
-            PARTNER: TrustedIssuer([public_jwk(world.partner_key, "pa-1")], ["initech"]),
+            GATEWAY: TrustedIssuer(
+                [public_jwk(world.gateway_key, "gw-1")], ["*"], GATEWAY_SCOPES
+            ),
+            PARTNER: TrustedIssuer(
+                [public_jwk(world.partner_key, "pa-1")], ["initech"], PARTNER_SCOPES
+            ),
         },
     )
     world.clock.advance(1.0)
@@ -398,7 +413,8 @@ def test_private_and_hmac_keys_in_the_trust_file_are_ignored(tmp_path: Path) -> 
     hmac_jwk = {"kty": "oct", "kid": "hs", "k": _b64(b"secret")}
     path = tmp_path / "trust.json"
     write_trust_store(
-        path, {GATEWAY: TrustedIssuer([private_jwk, hmac_jwk, public_jwk(key, "ok")])}
+        path,
+        {GATEWAY: TrustedIssuer([private_jwk, hmac_jwk, public_jwk(key, "ok")], ["*"], [])},
     )
     keys = TrustStore(path, ManualClock()).snapshot().issuers[GATEWAY].keys
     assert set(keys) == {"ok"}

@@ -18,12 +18,13 @@ from common.auth import (
 )
 from common.clock import Clock
 
-# issuer -> tenants it may assert
-ISSUERS: dict[str, tuple[str, ...]] = {
-    "acme-partner": ("acme",),
-    "globex-partner": ("globex",),
-    "cardlink-gateway": ("*",),
-    "cardlink-bank": ("*",),
+PARTNER_SCOPES = ("vault.tokens.create", "vault.tokens.get", "vault.tokens.delete")
+# issuer -> (tenants it may assert, scopes it may grant)
+ISSUERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "acme-partner": (("acme",), PARTNER_SCOPES),
+    "globex-partner": (("globex",), PARTNER_SCOPES),
+    "cardlink-gateway": (("*",), PARTNER_SCOPES),
+    "cardlink-bank": (("*",), ("vault.tokens.detokenize",)),
 }
 
 
@@ -54,7 +55,7 @@ class Identities:
         write_trust_store(
             self.trust_file,
             {
-                name: TrustedIssuer([public_jwk(i.key, i.kid)], ISSUERS[name])
+                name: TrustedIssuer([public_jwk(i.key, i.kid)], *ISSUERS[name])
                 for name, i in self.issuers.items()
             },
         )

@@ -1,0 +1,48 @@
+"""The bank-side client and the partner sealing helper against a real vault."""
+
+from __future__ import annotations
+
+import pytest
+
+from cardlink.vault.v1 import vault_pb2
+from clients.bank import BankVaultClient
+from clients.sealing import SealingKeyCache, seal_card
+from common.errors import NotFound, PermissionDenied
+from tests.support.cards import card
+from tests.support.vault import VaultHandle
+
+
+async def test_bank_client_detokenizes_with_its_own_credential(vault: VaultHandle) -> None:
+    cache = await vault.key_cache()
+    sealed = seal_card(await cache.current(), "tenants/acme", card())
+    created = await vault.stub.TokenizeCard(
+        vault_pb2.TokenizeCardRequest(parent="tenants/acme", sealed_card=sealed),
+        metadata=vault.partner())
+    bank = BankVaultClient(vault.channel, vault.identities.minter("cardlink-bank",
+                                                                  "cardlink-vault"))
+    opened = await bank.detokenize(created.token.name, "holder verification")
+    assert opened.card.pan == "4111111111111111"
+    with pytest.raises(NotFound):
+        await bank.detokenize("tenants/acme/tokens/ctk_" + "a" * 26, "holder verification")
+
+    partner_as_bank = BankVaultClient(vault.channel, vault.identities.minter(
+        "acme-partner", "cardlink-vault"))
+    with pytest.raises(PermissionDenied):
+        await partner_as_bank.detokenize(created.token.name, "curiosity")
+
+
+async def test_key_cache_refetches_only_when_due(vault: VaultHandle) -> None:
+    fetches = 0
+
+    async def fetch() -> vault_pb2.SealingKeySet:
+        nonlocal fetches
+        fetches += 1
+        return await vault.stub.GetSealingKeySet(vault_pb2.GetSealingKeySetRequest())
+
+    now = [0.0]
+    cache = SealingKeyCache(fetch, await vault.pins(), refresh_s=60, monotonic=lambda: now[0])
+    first = await cache.current()
+    assert (await cache.current()) == first and fetches == 1
+    now[0] = 61
+    await cache.current()
+    assert fetches == 2
