@@ -43,7 +43,9 @@ class VaultConfig:
         try:
             mode = VaultMode(mode_name)
         except ValueError:
-            raise ConfigError(f"CARDLINK_VAULT_MODE must be dev or production, got {mode_name!r}")
+            raise ConfigError(
+                f"CARDLINK_VAULT_MODE must be dev or production, got {mode_name!r}"
+            ) from None
         return cls(
             listen=env.text("CARDLINK_VAULT_LISTEN", "127.0.0.1:7001"),
             redis_url=redis_url,

@@ -92,7 +92,9 @@ class TokenVaultServicer(vault_pb2_grpc.TokenVaultServicer):
             token=_token(result.record), already_known=result.already_known
         )
 
-    async def GetToken(self, request: vault_pb2.GetTokenRequest, context: Context) -> vault_pb2.Token:
+    async def GetToken(
+        self, request: vault_pb2.GetTokenRequest, context: Context
+    ) -> vault_pb2.Token:
         name = parse_token_name(request.name)
         tenant = require_token_tenant(current_principal(), name.tenant)
         return _token(await self._service.get(tenant, name.token))

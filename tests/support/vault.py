@@ -13,9 +13,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cardlink.vault.v1 import vault_pb2, vault_pb2_grpc
 from clients.sealing import SealingKeyCache, seal_card
 from common.clock import ManualClock
+from tests.support.identities import Identities
 from vault.app import RunningVault, start_vault
 from vault.config import VaultConfig, VaultMode
-from tests.support.identities import Identities
 
 
 def vault_config(redis_url: str, prefix: str, folder: Path, trust_file: Path) -> VaultConfig:
