@@ -308,15 +308,25 @@ class Keyring:
         self._lock = asyncio.Lock()
         self._init_script = redis.register_script(_INIT_SCRIPT)
 
-    async def snapshot(self) -> KeySnapshot:
+    def _fresh(self) -> KeySnapshot | None:
         current = self._snapshot
         if current is not None and self._clock.now() - self._checked_at < self._refresh_seconds:
             return current
-        return await self.refresh()
+        return None
+
+    async def snapshot(self) -> KeySnapshot:
+        return self._fresh() or await self._check(force=False)
 
     async def refresh(self) -> KeySnapshot:
         """Check the generation now and reload if it moved."""
+        return await self._check(force=True)
+
+    async def _check(self, *, force: bool) -> KeySnapshot:
         async with self._lock:
+            # Callers that queued behind another's check need not repeat it.
+            fresh = None if force else self._fresh()
+            if fresh is not None:
+                return fresh
             self._checked_at = self._clock.now()
             current = self._snapshot
             if current is not None:

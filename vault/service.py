@@ -194,8 +194,7 @@ class VaultService:
         if cached is not None and cached.generation == keys.generation and now < cached.valid_until:
             return cached.value
         usable = keys.usable_sealing_keys(now)
-        content = vault_pb2.SealingKeySetContent(keys=[self._public_key(k, i) for i, k in
-                                                       enumerate(usable)])
+        content = vault_pb2.SealingKeySetContent(keys=[self._public_key(k) for k in usable])
         content.issue_time.FromNanoseconds(int(now * 1e9))
         key_set = content.SerializeToString(deterministic=True)
         value = SignedKeySet(key_set, tuple(
@@ -208,8 +207,9 @@ class VaultService:
         return value
 
     @staticmethod
-    def _public_key(entry: SealingKeyVersion, position: int) -> vault_pb2.SealingKey:
-        state = vault_pb2.SealingKey.STATE_CURRENT if position == 0 else (
+    def _public_key(entry: SealingKeyVersion) -> vault_pb2.SealingKey:
+        # Only a superseded key has an expiry; the current one never does.
+        state = vault_pb2.SealingKey.STATE_CURRENT if entry.expire_time is None else (
             vault_pb2.SealingKey.STATE_PREVIOUS)
         key = vault_pb2.SealingKey(key_id=entry.key_id, kem_id=KEM_ID, kdf_id=KDF_ID,
                                    aead_id=AEAD_ID, public_key=entry.key.public_key, state=state)
@@ -259,14 +259,18 @@ class VaultService:
             keys = await self._keyring.refresh()
             entry = keys.sealing_key(key_id)
         now = self._clock.now()
-        current_ids = ",".join(k.key_id for k in keys.usable_sealing_keys(now))
         if entry is None:
-            raise FailedPrecondition(SEALING_KEY_UNKNOWN, "the sealing key is not known; "
-                                     "fetch the current key set", metadata={"key_ids": current_ids})
+            raise self._stale_key(SEALING_KEY_UNKNOWN, "is not known", keys, now)
         if not entry.usable(now):
-            raise FailedPrecondition(SEALING_KEY_EXPIRED, "the sealing key has expired; "
-                                     "fetch the current key set", metadata={"key_ids": current_ids})
+            raise self._stale_key(SEALING_KEY_EXPIRED, "has expired", keys, now)
         return entry, keys
+
+    @staticmethod
+    def _stale_key(reason: str, what: str, keys: KeySnapshot, now: float) -> FailedPrecondition:
+        # The current key ids let a client see at once that it must refetch the key set.
+        current = ",".join(k.key_id for k in keys.usable_sealing_keys(now))
+        return FailedPrecondition(reason, f"the sealing key {what}; fetch the current key set",
+                                  metadata={"key_ids": current})
 
     def _open_sealed(self, sealing: SealingKeyVersion, tenant: str, sealed: bytes) -> CardSecret:
         try:
