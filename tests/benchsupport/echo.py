@@ -9,6 +9,7 @@ import asyncio
 import sys
 
 import grpc
+from grpc_health.v1 import health, health_pb2_grpc
 
 SERVICE = "cardlink.bench.Echo"
 METHOD = f"/{SERVICE}/Echo"
@@ -24,6 +25,8 @@ async def serve(address: str) -> None:
         SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}
     )
     server.add_generic_rpc_handlers((handler,))
+    # Health only, so the harness knows when it is up; the echo path is bare.
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     port = server.add_insecure_port(address)
     await server.start()
     print(port, flush=True)

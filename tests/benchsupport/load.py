@@ -1,12 +1,30 @@
-"""Closed-loop load: N calls in flight for a fixed time, latencies recorded."""
+"""Closed-loop load from several worker processes, latencies recorded.
+
+Every scenario, the echo baseline included, is driven the same way: requests
+are serialized before the clock starts and sent as raw bytes on a generic
+method, so the client costs the same per call whatever the server does and
+the ratio to the echo measures the server.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+
+import grpc
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    address: str
+    method: str
+    requests: tuple[bytes, ...]  # sent round-robin
+    metadata: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -23,47 +41,60 @@ class Result:
         return asdict(self)
 
 
-async def run_load(
-    name: str,
-    call: Callable[[int], Awaitable[object]],
-    *,
-    inflight: int = 64,
-    seconds: float = 3.0,
-    warmup_s: float = 0.5,
-) -> Result:
-    """Keep ``inflight`` calls running; ``call(i)`` gets a running sequence number."""
+async def _drive(scenario: Scenario, offset: int, inflight: int, seconds: float,
+                 warmup_s: float) -> tuple[list[float], int]:
     latencies: list[float] = []
     errors = 0
-    counter = 0
-    start = time.perf_counter()
-    measure_from = start + warmup_s
-    stop_at = measure_from + seconds
+    counter = offset
+    requests = scenario.requests
+    async with grpc.aio.insecure_channel(scenario.address) as channel:
+        call = channel.unary_unary(scenario.method)
+        start = time.perf_counter()
+        measure_from, stop_at = start + warmup_s, start + warmup_s + seconds
 
-    async def worker() -> None:
-        nonlocal errors, counter
-        while True:
-            began = time.perf_counter()
-            if began >= stop_at:
-                return
-            counter += 1
-            try:
-                await call(counter)
-            except Exception:  # noqa: BLE001 - a failed call is counted, not fatal
+        async def worker() -> None:
+            nonlocal errors, counter
+            while (began := time.perf_counter()) < stop_at:
+                counter += 1
+                try:
+                    await call(requests[counter % len(requests)], metadata=scenario.metadata)
+                except grpc.aio.AioRpcError:
+                    errors += began >= measure_from
+                    continue
                 if began >= measure_from:
-                    errors += 1
-                continue
-            if began >= measure_from:
-                latencies.append(time.perf_counter() - began)
+                    latencies.append(time.perf_counter() - began)
 
-    await asyncio.gather(*(worker() for _ in range(inflight)))
-    ordered = sorted(latencies)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else 0.0
+        await asyncio.gather(*(worker() for _ in range(inflight)))
+    return latencies, errors
+
+
+def _worker(scenario: Scenario, index: int, inflight: int, seconds: float,
+            warmup_s: float) -> tuple[list[float], int]:
+    import uvloop
+
+    # Each worker starts at its own place in the request list, so no two
+    # send the same new card at the same time.
+    offset = index * (len(scenario.requests) // 2)
+    return uvloop.run(_drive(scenario, offset, inflight, seconds, warmup_s))
+
+
+def run_load(scenario: Scenario, *, workers: int, inflight: int, seconds: float,
+             warmup_s: float = 0.5) -> Result:
+    """``inflight`` calls in flight in all, shared by ``workers`` processes."""
+    per_worker = max(1, inflight // workers)
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_worker, scenario, i, per_worker, seconds, warmup_s)
+                   for i in range(workers)]
+        parts = [f.result() for f in futures]
+    latencies = sorted(x for part, _ in parts for x in part)
+    errors = sum(e for _, e in parts)
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] if latencies else 0.0
     return Result(
-        name=name,
+        name=scenario.name,
         calls=len(latencies),
         errors=errors,
         seconds=seconds,
         calls_per_s=len(latencies) / seconds,
-        p50_ms=(statistics.median(ordered) if ordered else 0.0) * 1000,
+        p50_ms=(statistics.median(latencies) if latencies else 0.0) * 1000,
         p99_ms=p99 * 1000,
     )

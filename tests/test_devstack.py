@@ -1,0 +1,416 @@
+"""`make run` (common.devstack): dev credentials, the token command, supervision.
+
+The supervision tests run the real devstack in a subprocess with a stand-in
+service: this very module run as `python -m tests.test_devstack`, a tiny gRPC
+server with health checking. So start, ready, Ctrl-C and a crashing child are
+exercised without depending on the vault; the full stack has its own test,
+skipped until `python -m vault` exists.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import jwt
+import pytest
+
+from common import devstack
+from common.auth import JwtVerifier, TrustStore
+from common.clock import SystemClock
+from common.errors import Unauthenticated
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = "CardLink dev stack ready"
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "state"
+    monkeypatch.setenv("CARDLINK_STATE_DIR", str(folder))
+    return folder
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+# --------------------------------------------------------------------------
+# Credentials
+# --------------------------------------------------------------------------
+
+
+def test_first_run_creates_private_keys_and_trust_store(state: Path) -> None:
+    keys = devstack.ensure_credentials(state)
+
+    assert set(keys) == {"cardlink-gateway", "cardlink-bank", "demo-partner"}
+    assert _mode(state) == 0o700
+    assert _mode(state / "jwt") == 0o700
+    for caller_key in keys.values():
+        assert caller_key.path.parent == state / "jwt"
+        assert _mode(caller_key.path) == 0o600
+    trust = state / "trust.json"
+    assert _mode(trust) == 0o600
+    issuers = json.loads(trust.read_text())["issuers"]
+    assert issuers["cardlink-gateway"]["tenants"] == ["*"]
+    assert issuers["cardlink-bank"]["tenants"] == ["*"]
+    assert issuers["demo-partner"]["tenants"] == ["demo"]
+    assert "vault.tokens.detokenize" in issuers["cardlink-bank"]["scopes"]
+    assert "vault.tokens.detokenize" not in issuers["cardlink-gateway"]["scopes"]
+    assert not any(s.startswith("vault.") for s in issuers["demo-partner"]["scopes"])
+    for name, caller_key in keys.items():
+        (jwk,) = issuers[name]["jwks"]["keys"]
+        assert jwk["kid"] == caller_key.kid
+        assert "d" not in jwk  # public half only
+    assert len({k.kid for k in keys.values()}) == 3
+
+
+def test_rerun_keeps_keys_and_leaves_trust_file_untouched(state: Path) -> None:
+    first = devstack.ensure_credentials(state)
+    trust = state / "trust.json"
+    before = trust.stat().st_mtime_ns, trust.stat().st_ino
+
+    second = devstack.ensure_credentials(state)
+
+    assert {k: v.kid for k, v in first.items()} == {k: v.kid for k, v in second.items()}
+    assert [p.path.read_bytes() for p in first.values()] == [
+        p.path.read_bytes() for p in second.values()
+    ]
+    # Running services reload trust.json when it changes: no change, no reload.
+    assert (trust.stat().st_mtime_ns, trust.stat().st_ino) == before
+
+
+def test_issuers_added_by_hand_survive_a_rerun(state: Path) -> None:
+    devstack.ensure_credentials(state)
+    trust = state / "trust.json"
+    document = json.loads(trust.read_text())
+    document["issuers"]["partner-under-test"] = {"jwks": {"keys": []}, "tenants": ["acme"]}
+    trust.write_text(json.dumps(document))
+
+    devstack.ensure_credentials(state)
+
+    issuers = json.loads(trust.read_text())["issuers"]
+    assert issuers["partner-under-test"]["tenants"] == ["acme"]
+    assert "cardlink-bank" in issuers
+
+
+def test_malformed_trust_file_is_reported(state: Path) -> None:
+    state.mkdir(mode=0o700)
+    (state / "trust.json").write_text("{not json")
+    with pytest.raises(devstack.DevstackError, match=r"trust\.json.*malformed"):
+        devstack.ensure_credentials(state)
+
+
+def test_key_id_is_a_short_thumbprint() -> None:
+    from common.auth import generate_signing_key
+
+    key = generate_signing_key()
+    assert devstack.key_id(key) == devstack.key_id(key)
+    assert len(devstack.key_id(key)) == 16
+    assert devstack.key_id(key) != devstack.key_id(generate_signing_key())
+
+
+# --------------------------------------------------------------------------
+# The token command
+# --------------------------------------------------------------------------
+
+
+def _verifier(state: Path, audience: str = "cardlink-vault") -> JwtVerifier:
+    return JwtVerifier(TrustStore(state / "trust.json", SystemClock()), audience, SystemClock())
+
+
+def test_token_command_prints_a_jwt_the_trust_file_verifies(
+    state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    devstack.ensure_credentials(state)
+    argv = ["token", "--issuer", "cardlink-bank", "--tenant", "demo", "--scope", "vault.tokens.get"]
+    assert devstack.main([*argv, "--scope", "vault.tokens.detokenize gateway.bank.events"]) == 0
+    token = capsys.readouterr().out.strip()
+
+    principal = _verifier(state).verify(token)
+
+    assert principal.issuer == "cardlink-bank"
+    assert principal.subject == "cardlink-bank"
+    assert principal.tenant == "demo"
+    assert principal.scopes == {
+        "vault.tokens.get",
+        "vault.tokens.detokenize",
+        "gateway.bank.events",
+    }
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert 0 < claims["exp"] - time.time() <= devstack.DEV_TOKEN_TTL_S
+    assert jwt.get_unverified_header(token)["alg"] == "EdDSA"
+
+
+def test_token_honours_audience_and_subject(state: Path) -> None:
+    devstack.ensure_credentials(state)
+    token = devstack.dev_token(
+        "cardlink-gateway", "t1", ["bank.core"], subject="gw-1", audience="cardlink-gateway"
+    )
+    principal = _verifier(state, audience="cardlink-gateway").verify(token)
+    assert (principal.subject, principal.tenant) == ("gw-1", "t1")
+    with pytest.raises(Unauthenticated):
+        _verifier(state).verify(token)  # minted for another audience
+
+
+def test_token_refuses_a_tenant_the_issuer_may_not_assert(
+    state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    devstack.ensure_credentials(state)
+    argv = ["token", "--issuer", "demo-partner", "--tenant", "acme"]
+    assert devstack.main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "demo" in captured.err
+
+
+def test_token_refuses_a_scope_the_issuer_is_not_granted(state: Path) -> None:
+    devstack.ensure_credentials(state)
+    # The gateway relays sealed cards; only the bank may see a PAN.
+    with pytest.raises(devstack.DevstackError, match=r"not granted vault\.tokens\.detokenize"):
+        devstack.dev_token("cardlink-gateway", "demo", ["vault.tokens.detokenize"])
+
+
+def test_granted_scopes_are_scopes_the_services_check() -> None:
+    checked: set[str] = set()
+    for module in ("vault.access", "gateway.servicers"):
+        if devstack.module_available(module):
+            method_scopes = importlib.import_module(module).METHOD_SCOPES
+            checked |= {s for s in method_scopes.values() if s is not None}
+    granted = {s for c in devstack.CALLERS for s in c.scopes if s.split(".")[0] != "bank"}
+    if devstack.module_available("gateway.servicers"):
+        assert granted <= checked, granted - checked
+    else:
+        assert {s for s in granted if s.startswith("vault.")} <= checked
+
+
+def test_token_without_credentials_points_to_make_run(state: Path) -> None:
+    # A key nobody trusts would only confuse: most likely another state folder.
+    with pytest.raises(devstack.DevstackError, match="make run"):
+        devstack.dev_token("demo-partner", "demo", ["vault.tokens.create"])
+    assert not state.exists()
+
+
+def test_a_redis_password_is_not_printed() -> None:
+    shown = devstack._without_password("redis://app:s3cret@db.example:6379/0")
+    assert shown == "redis://app:***@db.example:6379/0"
+    assert devstack._without_password("unix:///x/redis.sock?db=0") == "unix:///x/redis.sock?db=0"
+
+
+def test_module_available() -> None:
+    assert devstack.module_available("common.devstack")
+    assert devstack.module_available("tests.test_devstack")
+    assert not devstack.module_available("no_such_package.sub")
+    assert not devstack.module_available("common.no_such_module")
+
+
+# --------------------------------------------------------------------------
+# Supervision, with a stand-in service
+# --------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _devstack_command(services: str) -> list[str]:
+    code = (
+        "import sys\n"
+        "from common.devstack import Service, run\n"
+        f"sys.exit(run(services={services}))\n"
+    )
+    return [sys.executable, "-c", code]
+
+
+FAKE = "Service('fake', 'tests.test_devstack', '127.0.0.1:1', 'tests')"
+MISSING = "Service('later', 'no_such_package', '127.0.0.1:1', 'issue 99')"
+
+
+@pytest.fixture
+def stack_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env["CARDLINK_STATE_DIR"] = str(tmp_path / "state")
+    env["CARDLINK_DEV_REDIS_PORT"] = "0"  # unix socket only: no port to collide on
+    env["CARDLINK_FAKE_LISTEN"] = f"127.0.0.1:{_free_port()}"
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "protos")])
+    return env
+
+
+class Stack:
+    """A devstack subprocess whose output is read line by line."""
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(  # noqa: S603 - our own interpreter
+            command,
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+
+    def wait_for(self, text: str, timeout: float = 20.0) -> None:
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            if text in line:
+                return
+        self.process.kill()
+        pytest.fail(f"no {text!r} in devstack output:\n{''.join(self.lines)}")
+
+    def finish(self, timeout: float = 20.0) -> tuple[int, str]:
+        out, _ = self.process.communicate(timeout=timeout)
+        return self.process.returncode, "".join(self.lines) + out
+
+
+@pytest.fixture
+def stacks() -> Iterator[list[Stack]]:
+    started: list[Stack] = []
+    yield started
+    for stack in started:  # a failed test must not leave processes behind
+        if stack.process.poll() is None:
+            stack.process.kill()
+            stack.process.wait()
+
+
+def test_stack_starts_reports_ready_and_stops_cleanly_on_ctrl_c(
+    stack_env: dict[str, str], stacks: list[Stack]
+) -> None:
+    stack = Stack(_devstack_command(f"({MISSING}, {FAKE})"), stack_env)
+    stacks.append(stack)
+    stack.wait_for(READY)
+    listen = stack_env["CARDLINK_FAKE_LISTEN"]
+
+    stack.process.send_signal(signal.SIGINT)
+    code, output = stack.finish()
+
+    assert code == 0, output
+    assert "later: module no_such_package not found (arrives with issue 99); skipped" in output
+    assert f"fake    {listen}" in output
+    assert output.index("stopping fake") < output.index("stopping redis")
+    state = Path(stack_env["CARDLINK_STATE_DIR"])
+    assert _mode(state / "devstack.lock") == 0o600
+    assert _mode(state / "logs") == 0o700
+    log = Path(stack_env["CARDLINK_STATE_DIR"]) / "logs" / "fake.log"
+    assert "fake: stopped by SIGTERM" in log.read_text()
+    # The fake saw its environment: where Redis is and where the trust store is.
+    assert "trust.json" in log.read_text()
+
+
+def test_sigterm_stops_the_stack_too(stack_env: dict[str, str], stacks: list[Stack]) -> None:
+    stack = Stack(_devstack_command(f"({FAKE},)"), stack_env)
+    stacks.append(stack)
+    stack.wait_for(READY)
+    stack.process.terminate()
+    code, output = stack.finish()
+    assert code == 0, output
+
+
+def test_a_child_that_dies_stops_everything_with_an_error(
+    stack_env: dict[str, str], stacks: list[Stack]
+) -> None:
+    stack_env["FAKE_EXIT_AFTER_S"] = "2"
+    stack = Stack(_devstack_command(f"({FAKE},)"), stack_env)
+    stacks.append(stack)
+    code, output = stack.finish(timeout=30)
+    assert code == 1, output
+    assert "fake exited unexpectedly (exit code 3)" in output
+    assert "fake: crashing on purpose" in output  # the log tail is shown
+    assert "stopping redis" in output
+
+
+def test_a_child_that_fails_to_start_is_reported(
+    stack_env: dict[str, str], stacks: list[Stack]
+) -> None:
+    stack_env["FAKE_EXIT_AFTER_S"] = "0"
+    stack = Stack(_devstack_command(f"({FAKE},)"), stack_env)
+    stacks.append(stack)
+    code, output = stack.finish(timeout=30)
+    assert code == 1, output
+    assert "fake exited during start-up" in output
+    assert READY not in output
+
+
+def test_a_second_stack_on_the_same_state_is_refused(
+    stack_env: dict[str, str], stacks: list[Stack]
+) -> None:
+    first = Stack(_devstack_command(f"({FAKE},)"), stack_env)
+    stacks.append(first)
+    first.wait_for(READY)
+    second = Stack(_devstack_command("()"), stack_env)
+    stacks.append(second)
+    code, output = second.finish()
+    assert code == 1
+    assert "another `make run` is using" in output
+    first.process.send_signal(signal.SIGINT)
+    assert first.finish()[0] == 0
+
+
+@pytest.mark.skipif(
+    not devstack.module_available("vault"), reason="`python -m vault` does not exist yet"
+)
+def test_make_run_brings_up_the_real_stack(stack_env: dict[str, str], stacks: list[Stack]) -> None:
+    stack_env["CARDLINK_VAULT_LISTEN"] = f"127.0.0.1:{_free_port()}"
+    stack_env["CARDLINK_BANKSIM_LISTEN"] = f"127.0.0.1:{_free_port()}"
+    stack_env["CARDLINK_GATEWAY_LISTEN"] = f"127.0.0.1:{_free_port()}"
+    stack = Stack([sys.executable, "-m", "common.devstack"], stack_env)
+    stacks.append(stack)
+    stack.wait_for(READY, timeout=30)
+    stack.process.send_signal(signal.SIGINT)
+    code, output = stack.finish()
+    assert code == 0, output
+    assert f"vault   {stack_env['CARDLINK_VAULT_LISTEN']}" in output
+
+
+# --------------------------------------------------------------------------
+# The stand-in service (`python -m tests.test_devstack`)
+# --------------------------------------------------------------------------
+
+
+def _serve_fake() -> int:
+    import grpc
+    from grpc_health.v1 import health, health_pb2_grpc
+
+    listen = os.environ["CARDLINK_FAKE_LISTEN"]
+    print(f"fake: trust file {os.environ['CARDLINK_TRUST_FILE']}", flush=True)
+    exit_after = os.environ.get("FAKE_EXIT_AFTER_S")
+    if exit_after == "0":
+        print("fake: crashing on purpose", flush=True)
+        return 3
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    server.add_insecure_port(listen)
+    server.start()
+    stopped: list[str] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append("SIGTERM"))
+    deadline = time.monotonic() + float(exit_after) if exit_after else None
+    while not stopped:
+        if deadline is not None and time.monotonic() > deadline:
+            print("fake: crashing on purpose", flush=True)
+            return 3
+        time.sleep(0.05)
+    server.stop(grace=1).wait()
+    print("fake: stopped by SIGTERM", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_serve_fake())
