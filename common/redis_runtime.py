@@ -75,8 +75,11 @@ class PrivateRedis:
     def start(self) -> PrivateRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.socket.unlink(missing_ok=True)
+        # Its own process group: a terminal's Ctrl-C must reach the services
+        # first, so they finish their writes before Redis goes away.
         self._process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            self._command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+            self._command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            process_group=0,
         )
         self._wait_ready()
         return self

@@ -10,10 +10,13 @@ path is the proto package (``cardlink.vault.v1.vault_pb2``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import filecmp
+import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc_tools
@@ -37,13 +40,38 @@ def _generate(out: Path) -> None:
     args = ["protoc", *(f"-I{p}" for p in _include_paths())]
     args += [f"--python_out={out}", f"--grpc_python_out={out}"]
     args += [f"--mypy_out={out}", f"--mypy_grpc_out={out}", *sources]
-    if protoc.main(args) != 0:
-        raise SystemExit("protoc failed")
+    output: list[str] = []
+    with _quiet(output):
+        status = protoc.main(args)
+    if status != 0:
+        raise SystemExit("protoc failed:\n" + "".join(output))
     for package in {out / Path(s).parent for s in sources}:
         for folder in [package, *package.parents]:
             if folder == out or out not in folder.parents:
                 break
             (folder / "__init__.py").write_text('"""Generated from protos/; do not edit."""\n')
+
+
+@contextlib.contextmanager
+def _quiet(output: list[str]) -> Iterator[None]:
+    """Hold back what protoc and its plugins print (mypy-protobuf names every file
+    it writes) at the file-descriptor level, where the plugins write; the
+    caller shows it only when generation fails."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile("w+") as captured:
+        os.dup2(captured.fileno(), 1)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+            captured.seek(0)
+            output.append(captured.read())
 
 
 def _generated_files(base: Path) -> set[Path]:
