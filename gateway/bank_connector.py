@@ -1,0 +1,85 @@
+"""The bank port over the cardlink.bank.v1 contract.
+
+Every call carries an idempotency key (the bank does the work once per key),
+a deadline, and the gateway's JWT for the tenant of the card. A call whose
+outcome is unknown raises ``Unavailable("BANK_UNAVAILABLE")``; the domain
+leaves its record retryable and the next try reuses the key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+
+from cardlink.bank.v1 import bank_core_pb2 as pb
+from cardlink.bank.v1 import bank_core_pb2_grpc
+from common.errors import Internal
+from gateway.connectors import CallPolicy, call_with_policy
+from gateway.models import Money
+from gateway.ports import CodeResult, CreditDecision, Verification
+
+Metadata = tuple[tuple[str, str], ...]
+REASON = "BANK_UNAVAILABLE"
+
+
+def tenant_of(resource_name: str) -> str:
+    return resource_name.split("/")[1]
+
+
+class GrpcBank:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        credentials: Callable[[str], Metadata],
+        policy: CallPolicy,
+    ) -> None:
+        self._stub = bank_core_pb2_grpc.BankCoreStub(channel)
+        self._credentials = credentials
+        self._policy = policy
+
+    async def verify_holder(self, card_token: str, user: str, key: str) -> Verification:
+        request = pb.VerifyHolderRequest(card_token=card_token, user=user, idempotency_key=key)
+        metadata = self._credentials(tenant_of(user))
+        reply = await call_with_policy(
+            "bank", REASON, self._policy,
+            lambda t: self._stub.VerifyHolder(request, timeout=t, metadata=metadata),
+        )
+        if reply.outcome == pb.VerifyHolderResponse.OUTCOME_CODE_SENT:
+            return Verification(True, reply.verification_id, "")
+        if reply.outcome == pb.VerifyHolderResponse.OUTCOME_DECLINED:
+            return Verification(False, "", reply.decline_reason or "DECLINED")
+        raise Internal("BANK_PROTOCOL", "the bank answered VerifyHolder without an outcome")
+
+    async def check_code(
+        self, tenant: str, verification_id: str, code: str, key: str
+    ) -> CodeResult:
+        request = pb.CheckCodeRequest(verification_id=verification_id, code=code,
+                                      idempotency_key=key)
+        metadata = self._credentials(tenant)
+        reply = await call_with_policy(
+            "bank", REASON, self._policy,
+            lambda t: self._stub.CheckCode(request, timeout=t, metadata=metadata),
+        )
+        results = {
+            pb.CheckCodeResponse.RESULT_MATCH: CodeResult.MATCH,
+            pb.CheckCodeResponse.RESULT_MISMATCH: CodeResult.MISMATCH,
+            pb.CheckCodeResponse.RESULT_EXPIRED: CodeResult.EXPIRED,
+        }
+        if reply.result not in results:
+            raise Internal("BANK_PROTOCOL", "the bank answered CheckCode without a result")
+        return results[reply.result]
+
+    async def decide_credit(self, card_token: str, user: str, key: str) -> CreditDecision:
+        request = pb.DecideCreditRequest(card_token=card_token, user=user, idempotency_key=key)
+        metadata = self._credentials(tenant_of(user))
+        reply = await call_with_policy(
+            "bank", REASON, self._policy,
+            lambda t: self._stub.DecideCredit(request, timeout=t, metadata=metadata),
+        )
+        if reply.outcome == pb.DecideCreditResponse.OUTCOME_APPROVED:
+            limit = Money.parse(reply.limit.currency_code, reply.limit.units_minor, "limit")
+            return CreditDecision(True, reply.account_id, limit, reply.tier, "")
+        if reply.outcome == pb.DecideCreditResponse.OUTCOME_DECLINED:
+            return CreditDecision(False, "", None, "", reply.decline_reason or "DECLINED")
+        raise Internal("BANK_PROTOCOL", "the bank answered DecideCredit without an outcome")

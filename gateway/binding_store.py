@@ -1,0 +1,340 @@
+"""Redis storage of bindings and card ownership; every change is one Lua script.
+
+A binding is a hash under the user's slot (fields: name, state, tok (vault
+token), tokn (token resource name), disp and cons (JSON), fail, vid (bank
+verification id), cexp (code expiry), att (code attempts used), max (allowed),
+claim, seq, ctime, mtime). ``bcard:<token>`` points at the user's one live
+binding of a card, ``blive`` holds the live ids (the per-user limit),
+``bidx`` orders bindings for listing, ``lock:<token>`` holds a lockout end.
+
+Which user holds a card is a separate slot (``keys.CardKeys``), changed by
+compare-and-set: claim, take over a stale claim, release.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from gateway.keys import Keyspace, UserKeys
+from gateway.lua import script
+from gateway.models import Binding, BindingState, CardDisplay, Consent
+from gateway.names import ChildName, UserName
+
+_CREATE = script("""
+local bid, tok, max_live = ARGV[3], ARGV[4], tonumber(ARGV[5])
+sweep()
+local lock = redis.call('GET', base .. ':lock:' .. tok)
+if lock and tonumber(lock) > now then return {'LOCKED', lock} end
+local existing = redis.call('GET', base .. ':bcard:' .. tok)
+if existing then return {'EXISTS', existing} end
+if redis.call('EXISTS', bkey(bid)) == 1 then return {'EXISTS', bid} end
+if redis.call('SCARD', base .. ':blive') >= max_live then return {'LIMIT', ''} end
+local seq = redis.call('INCR', base .. ':seq')
+redis.call('HSET', bkey(bid), 'seq', seq, unpack(ARGV, 6))
+redis.call('ZADD', base .. ':bidx', seq, bid)
+redis.call('SADD', base .. ':blive', bid)
+redis.call('SET', base .. ':bcard:' .. tok, bid)
+return {'CREATED', bid}
+""")
+
+_CODE_SENT = script("""
+local k = bkey(ARGV[3])
+if redis.call('HGET', k, 'state') ~= 'PENDING_VERIFICATION' then return 0 end
+redis.call('HSET', k, 'state', 'PENDING_CODE', 'vid', ARGV[4], 'cexp', ARGV[5],
+  'att', 0, 'mtime', now)
+return 1
+""")
+
+# Retire a binding that is in one of the states ARGV[6..] (FAILED or UNBOUND).
+_RETIRE = script("""
+local bid, state, reason = ARGV[3], ARGV[4], ARGV[5]
+local current = redis.call('HGET', bkey(bid), 'state')
+for i = 6, #ARGV do
+  if current == ARGV[i] then
+    if reason == '' then reason = nil end
+    retire(bid, state, reason)
+    return 1
+  end
+end
+return 0
+""")
+
+_RESERVE_ATTEMPT = script("""
+local bid = ARGV[3]
+local k = bkey(bid)
+local state = redis.call('HGET', k, 'state')
+if not state then return {'NOT_FOUND', ''} end
+if code_expired(k) then retire(bid, 'FAILED', 'CODE_EXPIRED') return {'EXPIRED', ''} end
+if state ~= 'PENDING_CODE' then return {'STATE', state} end
+if tonumber(redis.call('HGET', k, 'att')) >= tonumber(redis.call('HGET', k, 'max')) then
+  return {'EXHAUSTED', ''}
+end
+return {'OK', tostring(redis.call('HINCRBY', k, 'att', 1))}
+""")
+
+_REFUND_ATTEMPT = script("""
+local k = bkey(ARGV[3])
+if redis.call('HGET', k, 'state') == 'PENDING_CODE'
+  and tonumber(redis.call('HGET', k, 'att')) > 0 then
+  redis.call('HINCRBY', k, 'att', -1)
+end
+return 1
+""")
+
+_CODE_MATCH = script("""
+local k = bkey(ARGV[3])
+if redis.call('HGET', k, 'state') ~= 'PENDING_CODE' then return 0 end
+redis.call('HSET', k, 'state', 'ACTIVE', 'mtime', now)
+return 1
+""")
+
+# A wrong code: once the attempts are used up the binding fails and the
+# user+card pair is locked out until ARGV[4] (clock seconds).
+_CODE_MISMATCH = script("""
+local bid = ARGV[3]
+local k = bkey(bid)
+if redis.call('HGET', k, 'state') ~= 'PENDING_CODE' then return {'LOCKED', ''} end
+local left = tonumber(redis.call('HGET', k, 'max')) - tonumber(redis.call('HGET', k, 'att'))
+if left > 0 then return {'LEFT', tostring(left)} end
+local tok = redis.call('HGET', k, 'tok')
+retire(bid, 'FAILED', 'TOO_MANY_ATTEMPTS')
+redis.call('SET', base .. ':lock:' .. tok, ARGV[4], 'PX', ARGV[5])
+return {'LOCKED', ''}
+""")
+
+_UNBIND = script("""
+local bid = ARGV[3]
+local state = redis.call('HGET', bkey(bid), 'state')
+if not state then return {'NOT_FOUND', ''} end
+if state == 'UNBOUND' then return {'OK', ''} end
+if state == 'FAILED' then return {'STATE', state} end
+local open = redis.call('GET', base .. ':clopen')
+if open and redis.call('HGET', base .. ':cl:' .. open, 'bid') == bid then
+  return {'IN_USE', ''}
+end
+retire(bid, 'UNBOUND', nil)
+return {'OK', ''}
+""")
+
+# Card ownership (card slot). Value: "<user name>|<nonce>|<claim time>". A
+# claim by the owner's own user refreshes the nonce, so a competing take-over
+# that read the old value fails its compare-and-set.
+_CLAIM_CARD = """
+local n = redis.call('INCR', KEYS[2])
+if n == 1 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+if n > tonumber(ARGV[2]) then return {'TOO_MANY', ''} end
+local owner = redis.call('GET', KEYS[1])
+if owner and string.sub(owner, 1, #ARGV[1] + 1) ~= ARGV[1] .. '|' then
+  return {'OTHER', owner}
+end
+redis.call('SET', KEYS[1], ARGV[4])
+return {'OK', ARGV[4]}
+"""
+
+_COMPARE_AND_SET = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2]) end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class StoredBinding:
+    """A binding as stored, with the fields the partner never sees."""
+
+    binding: Binding
+    token_name: str
+    verification_id: str
+    claim: str
+    seq: int
+
+
+@dataclass(frozen=True)
+class NewBinding:
+    name: ChildName
+    token: str
+    token_name: str
+    display: CardDisplay
+    consent: Consent
+    max_attempts: int
+    claim: str
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pair(reply: Sequence[Any]) -> tuple[str, str]:
+    return _text(reply[0]), _text(reply[1])
+
+
+def claim_value(user: UserName, now: float) -> str:
+    return f"{user}|{secrets.token_hex(8)}|{now:.3f}"
+
+
+def parse_claim(value: str) -> tuple[str, float]:
+    """The user name and claim time of a card claim value."""
+    user, _, rest = value.partition("|")
+    _, _, when = rest.partition("|")
+    return user, float(when or 0)
+
+
+class BindingStore:
+    def __init__(self, redis: aioredis.Redis, keyspace: Keyspace) -> None:
+        self._redis = redis
+        self.keyspace = keyspace
+        self._scripts = {
+            name: redis.register_script(body)
+            for name, body in {
+                "create": _CREATE,
+                "code_sent": _CODE_SENT,
+                "retire": _RETIRE,
+                "reserve": _RESERVE_ATTEMPT,
+                "refund": _REFUND_ATTEMPT,
+                "match": _CODE_MATCH,
+                "mismatch": _CODE_MISMATCH,
+                "unbind": _UNBIND,
+                "claim_card": _CLAIM_CARD,
+                "cas": _COMPARE_AND_SET,
+            }.items()
+        }
+
+    async def _user_script(
+        self, name: str, user: UserName, binding_id: str, now: float, *args: Any
+    ) -> Any:
+        keys = self.keyspace.user(user)
+        return await self._scripts[name](
+            keys=[keys.binding(binding_id)], args=[keys.base, now, binding_id, *args]
+        )
+
+    # --- card ownership (card slot) -------------------------------------
+
+    async def claim_card(
+        self, tenant: str, token: str, value: str, max_attempts: int, window: int, window_s: int
+    ) -> tuple[str, str]:
+        card = self.keyspace.card(tenant, token)
+        reply = await self._scripts["claim_card"](
+            keys=[card.owner, card.attempts(window)],
+            args=[value.split("|", 1)[0], max_attempts, window_s, value],
+        )
+        return _pair(reply)
+
+    async def compare_and_set_owner(self, tenant: str, token: str, old: str, new: str) -> bool:
+        card = self.keyspace.card(tenant, token)
+        return bool(await self._scripts["cas"](keys=[card.owner], args=[old, new]))
+
+    # --- bindings (user slot) ------------------------------------------
+
+    async def create(
+        self, new: NewBinding, now: float, max_live: int
+    ) -> tuple[str, str]:
+        fields = {
+            "name": str(new.name),
+            "state": BindingState.PENDING_VERIFICATION.value,
+            "tok": new.token,
+            "tokn": new.token_name,
+            "disp": json.dumps(asdict(new.display)),
+            "cons": json.dumps(asdict(new.consent)),
+            "max": new.max_attempts,
+            "att": 0,
+            "claim": new.claim,
+            "ctime": now,
+            "mtime": now,
+        }
+        flat = [item for pair in fields.items() for item in pair]
+        reply = await self._user_script(
+            "create", new.name.parent, new.name.id, now, new.token, max_live, *flat
+        )
+        return _pair(reply)
+
+    async def code_sent(
+        self, name: ChildName, now: float, verification_id: str, code_expire: float
+    ) -> bool:
+        reply = await self._user_script(
+            "code_sent", name.parent, name.id, now, verification_id, code_expire
+        )
+        return bool(reply)
+
+    async def retire(
+        self, name: ChildName, now: float, state: BindingState, reason: str,
+        from_states: Sequence[BindingState],
+    ) -> bool:
+        reply = await self._user_script(
+            "retire", name.parent, name.id, now, state.value, reason,
+            *(s.value for s in from_states),
+        )
+        return bool(reply)
+
+    async def reserve_attempt(self, name: ChildName, now: float) -> tuple[str, str]:
+        return _pair(await self._user_script("reserve", name.parent, name.id, now))
+
+    async def refund_attempt(self, name: ChildName, now: float) -> None:
+        await self._user_script("refund", name.parent, name.id, now)
+
+    async def code_matched(self, name: ChildName, now: float) -> bool:
+        return bool(await self._user_script("match", name.parent, name.id, now))
+
+    async def code_mismatched(
+        self, name: ChildName, now: float, lock_until: float, lock_ms: int
+    ) -> tuple[str, str]:
+        reply = await self._user_script(
+            "mismatch", name.parent, name.id, now, lock_until, lock_ms
+        )
+        return _pair(reply)
+
+    async def unbind(self, name: ChildName, now: float) -> tuple[str, str]:
+        return _pair(await self._user_script("unbind", name.parent, name.id, now))
+
+    # --- reads ---------------------------------------------------------
+
+    async def load(self, user: UserName, binding_id: str, now: float) -> StoredBinding | None:
+        raw = await self._redis.hgetall(self.keyspace.user(user).binding(binding_id))
+        return decode(raw, now) if raw else None
+
+    async def live_for_card(self, user: UserName, token: str, now: float) -> StoredBinding | None:
+        keys = self.keyspace.user(user)
+        binding_id = await self._redis.get(keys.card_binding(token))
+        if binding_id is None:
+            return None
+        return await self.load(user, _text(binding_id), now)
+
+    async def page(
+        self, user: UserName, before_seq: int | None, size: int, now: float
+    ) -> list[StoredBinding]:
+        keys: UserKeys = self.keyspace.user(user)
+        top = f"({before_seq}" if before_seq is not None else "+inf"
+        ids = await self._redis.zrevrangebyscore(keys.binding_index, top, "-inf", 0, size)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for binding_id in ids:
+                pipe.hgetall(keys.binding(_text(binding_id)))
+            rows = await pipe.execute()
+        return [decode(row, now) for row in rows if row]
+
+
+def decode(raw: Mapping[Any, Any], now: float) -> StoredBinding:
+    """A stored hash as a StoredBinding; an expired code shows as FAILED at once."""
+    f = {_text(k): _text(v) for k, v in raw.items()}
+    state = BindingState(f["state"])
+    failure = f.get("fail", "")
+    code_expire = float(f["cexp"]) if "cexp" in f else None
+    if state is BindingState.PENDING_CODE and code_expire is not None and now >= code_expire:
+        state, failure = BindingState.FAILED, "CODE_EXPIRED"
+    pending = state is BindingState.PENDING_CODE
+    binding = Binding(
+        name=f["name"],
+        state=state,
+        card=CardDisplay(**json.loads(f["disp"])),
+        consent=Consent(**json.loads(f["cons"])),
+        failure_reason=failure,
+        code_expire_time=code_expire if pending else None,
+        code_attempts_left=int(f["max"]) - int(f.get("att", 0)) if pending else 0,
+        create_time=float(f["ctime"]),
+        update_time=float(f["mtime"]),
+    )
+    return StoredBinding(binding, f["tokn"], f.get("vid", ""), f.get("claim", ""), int(f["seq"]))

@@ -1,0 +1,124 @@
+"""Credit lines: applied -> active (approved: limit, tier) | declined; active <-> frozen.
+
+The bank decides. A bank that is down or slow leaves the line APPLIED and
+raises UNAVAILABLE; activating again (same request id, or a new one on the
+same binding) resumes the same line with the same bank idempotency key, so
+the bank decides once and no second line appears.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from common.clock import Clock
+from common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from gateway.binding import BindingService, bank_key
+from gateway.credit_store import CreditStore
+from gateway.idempotency import Codec, IdempotencyStore, fingerprint
+from gateway.models import CreditLine, CreditLineState, Money
+from gateway.names import ChildName, UserName, credit_line_name, derived_id
+from gateway.ports import Bank
+from gateway.serialization import credit_line_codec
+
+logger = logging.getLogger("cardlink.gateway.credit")
+
+
+class CreditService:
+    def __init__(
+        self,
+        store: CreditStore,
+        bindings: BindingService,
+        idempotency: IdempotencyStore,
+        bank: Bank,
+        clock: Clock,
+    ) -> None:
+        self._store = store
+        self._bindings = bindings
+        self._idem = idempotency
+        self._bank = bank
+        self._clock = clock
+        self._codec: Codec[CreditLine] = credit_line_codec()
+
+    async def activate(self, user: UserName, binding: ChildName, request_id: str) -> CreditLine:
+        if binding.parent != user:
+            raise InvalidArgument("BINDING_OF_OTHER_USER", "the binding is not the parent's")
+        return await self._idem.run(
+            user.tenant, "ActivateCreditLine", request_id, fingerprint(str(user), str(binding)),
+            lambda: self._activate(user, binding, request_id), self._codec,
+        )
+
+    async def _activate(self, user: UserName, binding: ChildName, request_id: str) -> CreditLine:
+        token_name = await self._bindings.active_card(binding)
+        name = credit_line_name(user, derived_id("cln", str(user), request_id))
+        status, line_id = await self._store.open(name, binding, token_name, self._clock.now())
+        if status == "BINDING":
+            raise FailedPrecondition("BINDING_NOT_ACTIVE", "the binding is not active")
+        line_name = credit_line_name(user, line_id)
+        if status == "EXISTS":
+            raise AlreadyExists("CREDIT_LINE_EXISTS", "the user already has an open credit line",
+                                metadata={"credit_line": str(line_name)})
+        line, _ = await self._require(line_name)
+        if line.state is CreditLineState.APPLIED:
+            await self._decide(line_name, token_name)
+        return (await self._require(line_name))[0]
+
+    async def _decide(self, name: ChildName, token_name: str) -> None:
+        # Keyed by the line: every resume of this application asks the same question.
+        decision = await self._bank.decide_credit(
+            token_name, str(name.parent), bank_key("credit", str(name))
+        )
+        now = self._clock.now()
+        if decision.approved and decision.limit is not None:
+            await self._store.approve(name, now, decision.limit, decision.tier,
+                                      decision.account_id)
+        else:
+            await self._store.decline(name, now, decision.decline_reason or "DECLINED")
+            logger.info("credit line %s declined: %s", name, decision.decline_reason)
+
+    async def get(self, name: ChildName) -> CreditLine:
+        return (await self._require(name))[0]
+
+    async def _require(self, name: ChildName) -> tuple[CreditLine, str]:
+        found = await self._store.load(name)
+        if found is None:
+            raise NotFound("CREDIT_LINE_NOT_FOUND", "credit line not found")
+        return found
+
+    # --- the bank's own events -------------------------------------------
+
+    async def change_limit(self, name: ChildName, limit: Money, request_id: str) -> CreditLine:
+        return await self._idem.run(
+            name.tenant, "ChangeCreditLimit", request_id,
+            fingerprint(str(name), limit.currency_code, limit.units_minor),
+            lambda: self._change_limit(name, limit), self._codec,
+        )
+
+    async def _change_limit(self, name: ChildName, limit: Money) -> CreditLine:
+        status, value = await self._store.change_limit(name, self._clock.now(), limit)
+        self._check(status, value)
+        if status == "CURRENCY":
+            raise InvalidArgument("CURRENCY_MISMATCH", "the limit must be in the line's currency",
+                                  metadata={"currency_code": value})
+        return await self.get(name)
+
+    async def set_frozen(self, name: ChildName, frozen: bool, request_id: str) -> CreditLine:
+        method = "FreezeCreditLine" if frozen else "UnfreezeCreditLine"
+        return await self._idem.run(
+            name.tenant, method, request_id, fingerprint(str(name), frozen),
+            lambda: self._set_frozen(name, frozen), self._codec,
+        )
+
+    async def _set_frozen(self, name: ChildName, frozen: bool) -> CreditLine:
+        active, frozen_state = CreditLineState.ACTIVE, CreditLineState.FROZEN
+        source, target = (active, frozen_state) if frozen else (frozen_state, active)
+        status, value = await self._store.set_state(name, self._clock.now(), source, target)
+        self._check(status, value)
+        return await self.get(name)
+
+    @staticmethod
+    def _check(status: str, value: str) -> None:
+        if status == "NOT_FOUND":
+            raise NotFound("CREDIT_LINE_NOT_FOUND", "credit line not found")
+        if status == "STATE":
+            raise FailedPrecondition("CREDIT_LINE_STATE", "the credit line is not in a state "
+                                     "that allows this", metadata={"state": value})

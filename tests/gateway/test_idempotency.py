@@ -1,0 +1,105 @@
+"""Request ids: replay, mismatch, concurrency, restart, stored errors, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from cardlink.bank.v1 import simulator_pb2 as sim
+from cardlink.gateway.v1 import resources_pb2
+from clients.sdk import Aborted, InvalidArgument
+from tests.gateway.conftest import ALICE, ERIN, Stack, default_consent, refused
+
+Binding = resources_pb2.Binding
+
+
+async def test_replay_returns_the_first_answer_even_after_a_restart(stack: Stack) -> None:
+    sdk = await stack.sdk()
+    request_id = str(uuid.uuid4())
+    first = await sdk.create_binding("u-1", ALICE, default_consent(), request_id=request_id)
+    # Re-sealed (new ciphertext), same card and consent: the same request.
+    replay = await sdk.create_binding("u-1", ALICE, default_consent(), request_id=request_id)
+    assert replay == first
+    await stack.restart_gateway()
+    sdk = await stack.sdk()
+    after_restart = await sdk.create_binding("u-1", ALICE, default_consent(),
+                                             request_id=request_id)
+    assert after_restart == first
+    assert (await stack.stats()).verifications == 1
+
+
+async def test_same_id_different_request_is_refused(stack: Stack) -> None:
+    sdk = await stack.sdk()
+    request_id = str(uuid.uuid4())
+    await sdk.create_binding("u-2", ALICE, default_consent(), request_id=request_id)
+    other_card = await refused(sdk.create_binding("u-2", ERIN, default_consent(),
+                                                  request_id=request_id))
+    assert isinstance(other_card, InvalidArgument) and other_card.reason == "REQUEST_ID_REUSED"
+    assert other_card.violations[0].field == "request_id"
+    assert [b.card.last_four async for b in sdk.list_bindings("u-2")] == ["1111"]
+
+
+async def test_twenty_concurrent_duplicates_do_the_work_once(stack: Stack) -> None:
+    sdk = await stack.sdk()
+    request_id = str(uuid.uuid4())
+    # Slow the bank so the duplicates really overlap the first call.
+    await stack.switch(sim.CALL_KIND_VERIFY_HOLDER, sim.MODE_NORMAL, latency_s=0.2)
+    results = await asyncio.gather(*(
+        sdk.create_binding("u-3", ALICE, default_consent(), request_id=request_id)
+        for _ in range(20)
+    ))
+    assert len({r.SerializeToString() for r in results}) == 1
+    stats = await stack.stats()
+    assert (stats.verifications, stats.codes_sent) == (1, 1)
+    assert len([b async for b in sdk.list_bindings("u-3")]) == 1
+
+    binding = results[0]
+    code = await stack.code_for(ALICE)
+    confirm_id = str(uuid.uuid4())
+    confirmed = await asyncio.gather(*(
+        sdk.confirm_binding(binding.name, code, request_id=confirm_id) for _ in range(20)
+    ))
+    assert {c.state for c in confirmed} == {Binding.STATE_ACTIVE}
+    assert (await stack.stats()).code_checks == 1
+
+    line_id = str(uuid.uuid4())
+    lines = await asyncio.gather(*(
+        sdk.activate_credit_line("u-3", binding.name, request_id=line_id) for _ in range(20)
+    ))
+    assert len({line.name for line in lines}) == 1
+    assert (await stack.stats()).credit_decisions == 1
+
+
+async def test_duplicate_that_waits_too_long_is_told_to_retry(stack: Stack) -> None:
+    await stack.restart_gateway(idempotency=__import__(
+        "gateway.idempotency", fromlist=["IdempotencySettings"]
+    ).IdempotencySettings(wait_s=0.05))
+    sdk = await stack.sdk()
+    request_id = str(uuid.uuid4())
+    await stack.switch(sim.CALL_KIND_VERIFY_HOLDER, sim.MODE_NORMAL, latency_s=0.3)
+    first = asyncio.create_task(
+        sdk.create_binding("u-4", ALICE, default_consent(), request_id=request_id))
+    await asyncio.sleep(0.1)
+    busy = await refused(sdk.create_binding("u-4", ALICE, default_consent(),
+                                            request_id=request_id))
+    assert isinstance(busy, Aborted) and busy.reason == "REQUEST_IN_PROGRESS"
+    assert (await first).state == Binding.STATE_PENDING_CODE
+
+
+async def test_a_replayed_wrong_code_does_not_burn_another_attempt(stack: Stack) -> None:
+    sdk = await stack.sdk()
+    binding = await sdk.create_binding("u-5", ALICE, default_consent())
+    request_id = str(uuid.uuid4())
+    for _ in range(3):
+        wrong = await refused(sdk.confirm_binding(binding.name, "000000", request_id=request_id))
+        assert wrong.reason == "CODE_MISMATCH" and wrong.metadata["attempts_left"] == "2"
+    assert (await sdk.get_binding(binding.name)).code_attempts_left == 2
+
+
+async def test_records_expire_after_the_retention(stack: Stack) -> None:
+    sdk = await stack.sdk()
+    request_id = str(uuid.uuid4())
+    await sdk.create_binding("u-6", ALICE, default_consent(), request_id=request_id)
+    key = stack.gateway.keyspace.idempotency("acme", "CreateBinding", request_id)
+    ttl = await stack.redis.ttl(key)
+    assert 3500 < ttl <= 3600  # the configured retention (conftest: 3600 s)

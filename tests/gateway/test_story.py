@@ -1,0 +1,172 @@
+"""The whole story through the SDK: bind with a code, activate credit, bank events."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import pytest
+
+from cardlink.bank.v1 import bank_core_pb2
+from cardlink.gateway.v1 import bank_events_pb2, bank_events_pb2_grpc, resources_pb2
+from common.auth import bearer_metadata
+from common.errors import FailedPrecondition
+from gateway.names import parse_user
+from tests.gateway.conftest import (
+    ALICE,
+    BOB,
+    CAROL,
+    DAVE,
+    ERIN,
+    GATEWAY_AUDIENCE,
+    KNOWN_CARDS,
+    Stack,
+    default_consent,
+    refused,
+)
+
+Binding = resources_pb2.Binding
+Line = resources_pb2.CreditLine
+
+
+async def bind(stack: Stack, user: str, secret: object) -> Binding:
+    sdk = await stack.sdk()
+    binding = await sdk.create_binding(user, secret, default_consent())  # type: ignore[arg-type]
+    assert binding.state == Binding.STATE_PENDING_CODE
+    code = await stack.code_for(secret)  # type: ignore[arg-type]
+    return await sdk.confirm_binding(binding.name, code)
+
+
+def bank_events(stack: Stack) -> bank_events_pb2_grpc.BankEventsAsyncStub:
+    return bank_events_pb2_grpc.BankEventsStub(stack.channel)
+
+
+def bank_auth(stack: Stack, tenant: str = "acme") -> tuple[tuple[str, str], ...]:
+    return bearer_metadata(stack.vault.identities.token(
+        "cardlink-bank", tenant, ["gateway.bank.events"], audience=GATEWAY_AUDIENCE))
+
+
+async def test_bind_confirm_activate_and_bank_events(stack: Stack,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    sdk = await stack.sdk()
+    binding = await sdk.create_binding("u-1", ALICE, default_consent())
+    assert binding.state == Binding.STATE_PENDING_CODE
+    assert binding.card.last_four == "1111" and binding.card.bin == "411111"
+    assert binding.code_attempts_left == 3
+    assert binding.consent.terms_id == "bnpl-terms"
+
+    code = await stack.code_for(ALICE)
+    active = await sdk.confirm_binding(binding.name, code)
+    assert active.state == Binding.STATE_ACTIVE
+    assert (await sdk.get_binding(binding.name)).state == Binding.STATE_ACTIVE
+
+    # The same card bound again by the same user: the existing binding.
+    again = await sdk.create_binding("u-1", ALICE, default_consent())
+    assert again.name == binding.name and again.state == Binding.STATE_ACTIVE
+
+    line = await sdk.activate_credit_line("u-1", binding.name)
+    assert line.state == Line.STATE_ACTIVE
+    assert (line.limit.currency_code, line.limit.units_minor, line.tier) == ("EUR", 500000, "A")
+    assert line.available.units_minor == 500000 and line.held.units_minor == 0
+
+    events = bank_events(stack)
+    cut = await events.ChangeCreditLimit(bank_events_pb2.ChangeCreditLimitRequest(
+        name=line.name, limit=resources_pb2.Money(currency_code="EUR", units_minor=1000),
+        request_id=str(uuid.uuid4())), metadata=bank_auth(stack))
+    assert cut.limit.units_minor == 1000 and cut.available.units_minor == 1000
+    frozen = await events.FreezeCreditLine(bank_events_pb2.FreezeCreditLineRequest(
+        name=line.name, reason="RISK_REVIEW", request_id=str(uuid.uuid4())),
+        metadata=bank_auth(stack))
+    assert frozen.state == Line.STATE_FROZEN
+    thawed = await events.UnfreezeCreditLine(bank_events_pb2.UnfreezeCreditLineRequest(
+        name=line.name, request_id=str(uuid.uuid4())), metadata=bank_auth(stack))
+    assert thawed.state == Line.STATE_ACTIVE
+    assert (await sdk.get_credit_line(line.name)).limit.units_minor == 1000
+
+    # An open credit line is repaid from the binding: it cannot be unbound.
+    in_use = await refused(sdk.unbind_binding(binding.name))
+    assert isinstance(in_use, FailedPrecondition) and in_use.reason == "BINDING_IN_USE"
+
+    stats = await stack.stats()
+    assert (stats.verifications, stats.codes_sent, stats.credit_decisions) == (1, 1, 1)
+    await assert_no_secrets(stack, caplog)
+
+
+async def test_limit_cut_below_usage_leaves_zero_available(stack: Stack) -> None:
+    binding = await bind(stack, "u-2", ERIN)
+    sdk = await stack.sdk()
+    line = await sdk.activate_credit_line("u-2", binding.name)
+    # Simulate usage the money issues will add: 600.00 held, 300.00 outstanding.
+    keys = stack.gateway.keyspace.user(parse_user("tenants/acme/users/u-2"))
+    await stack.redis.hset(keys.credit_line(line.name.rsplit("/", 1)[1]),
+                           mapping={"held": 60000, "out": 30000})
+    cut = await bank_events(stack).ChangeCreditLimit(bank_events_pb2.ChangeCreditLimitRequest(
+        name=line.name, limit=resources_pb2.Money(currency_code="EUR", units_minor=50000),
+        request_id=str(uuid.uuid4())), metadata=bank_auth(stack))
+    assert cut.limit.units_minor == 50000
+    assert cut.available.units_minor == 0
+    wrong_currency = await refused(bank_events(stack).ChangeCreditLimit(
+        bank_events_pb2.ChangeCreditLimitRequest(
+            name=line.name, limit=resources_pb2.Money(currency_code="USD", units_minor=1),
+            request_id=str(uuid.uuid4())), metadata=bank_auth(stack)))
+    assert wrong_currency.reason == "CURRENCY_MISMATCH"
+
+
+async def test_list_pages_and_unbind(stack: Stack) -> None:
+    sdk = await stack.sdk()
+    names = []
+    for secret in (ALICE, ERIN, CAROL):
+        names.append((await bind(stack, "u-3", secret)).name)
+    listed = [b.name async for b in sdk.list_bindings("u-3", page_size=2)]
+    assert listed == list(reversed(names))
+    unbound = await sdk.unbind_binding(names[0])
+    assert unbound.state == Binding.STATE_UNBOUND
+    # Once unbound, another user of the tenant may bind the card.
+    stack.clock.advance(120)
+    other = await sdk.create_binding("u-4", ALICE, default_consent())
+    assert other.state == Binding.STATE_PENDING_CODE
+
+
+async def test_credit_declined_and_holder_declined(stack: Stack) -> None:
+    sdk = await stack.sdk()
+    carol = await bind(stack, "u-5", CAROL)
+    line = await sdk.activate_credit_line("u-5", carol.name)
+    assert line.state == Line.STATE_DECLINED
+    assert line.decline_reason == "INSUFFICIENT_CREDIT_HISTORY"
+    assert not line.HasField("limit")
+
+    bob = await sdk.create_binding("u-6", BOB, default_consent())
+    assert bob.state == Binding.STATE_FAILED
+    assert bob.failure_reason == "HOLDER_VERIFICATION_DECLINED"
+
+    mismatch = ALICE.__class__()
+    mismatch.CopyFrom(ALICE)
+    mismatch.national_id = "ID-SOMEONE-ELSE"
+    failed = await sdk.create_binding("u-7", mismatch, default_consent())
+    assert failed.state == Binding.STATE_FAILED
+
+
+async def assert_no_secrets(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    """No PAN, national ID (or one-time code) in the gateway keyspace or the logs."""
+    secrets = [c.pan for c in KNOWN_CARDS] + [c.national_id for c in KNOWN_CARDS]
+    dump = []
+    async for key in stack.redis.scan_iter(match=stack.gateway.keyspace.pattern, count=1000):
+        dump.append(key)
+        kind = await stack.redis.type(key)
+        if kind == b"hash":
+            dump.extend(v for kv in (await stack.redis.hgetall(key)).items() for v in kv)
+        elif kind == b"string":
+            dump.append(await stack.redis.get(key))
+        elif kind == b"set":
+            dump.extend(await stack.redis.smembers(key))
+        elif kind == b"zset":
+            dump.extend(await stack.redis.zrange(key, 0, -1))
+    assert len(dump) > 10
+    blob = b"\n".join(d if isinstance(d, bytes) else str(d).encode() for d in dump)
+    logs = "\n".join(r.getMessage() for r in caplog.records) + caplog.text
+    for secret in secrets:
+        assert secret.encode() not in blob
+        assert secret not in logs
+    assert DAVE.pan not in logs
+    assert bank_core_pb2  # the contract module is importable alongside
