@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,11 +21,10 @@ from google.protobuf import duration_pb2
 
 from cardlink.bank.v1 import simulator_pb2 as sim
 from cardlink.bank.v1 import simulator_pb2_grpc
-from cardlink.vault.v1 import vault_pb2, vault_pb2_grpc
+from cardlink.vault.v1 import vault_pb2
 from clients.banksim.app import BanksimConfig, RunningBanksim, start_banksim
 from clients.sdk import PartnerClient, RetryPolicy, consent
-from common.auth import TrustedIssuer, public_jwk, save_private_key_pem, write_trust_store
-from common.clock import ManualClock
+from common.auth import save_private_key_pem
 from common.errors import CardLinkError
 from common.grpc_errors import rpc_errors
 from gateway.app import RunningGateway, start_gateway
@@ -35,51 +33,11 @@ from gateway.connectors import CallPolicy
 from gateway.idempotency import IdempotencySettings
 from gateway.thresholds import Thresholds
 from tests.support.cards import card
-from tests.support.identities import Identities
-from tests.support.vault import VaultHandle, vault_config
-from vault.app import start_vault
+from tests.support.identities import GATEWAY_PARTNER_SCOPES as PARTNER_SCOPES
+from tests.support.vault import VaultHandle, running_vault
 
 GATEWAY_AUDIENCE = "cardlink-gateway"
-PARTNER_SCOPES = (
-    "gateway.bindings.write", "gateway.bindings.read", "gateway.credit.write",
-    "gateway.credit.read",
-)
 BANK_DEADLINE_S = 0.6
-VAULT_PARTNER = ("vault.tokens.create", "vault.tokens.get", "vault.tokens.delete")
-# issuer -> (tenants, scopes) as the trust store grants them (devstack's roles).
-ISSUERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "acme-partner": (("acme",), VAULT_PARTNER + PARTNER_SCOPES),
-    "globex-partner": (("globex",), VAULT_PARTNER + PARTNER_SCOPES),
-    "cardlink-gateway": (("*",), (*VAULT_PARTNER, "bank.core")),
-    "cardlink-bank": (("*",), ("vault.tokens.get", "vault.tokens.detokenize",
-                               "gateway.bank.events")),
-}
-
-
-class GatewayIdentities(Identities):
-    """The shared test identities, granted the gateway and bank scopes too."""
-
-    def publish(self) -> None:
-        write_trust_store(self.trust_file, {
-            name: TrustedIssuer([public_jwk(i.key, i.kid)], *ISSUERS[name])
-            for name, i in self.issuers.items()
-        })
-
-
-@asynccontextmanager
-async def running_vault(redis_url: str, prefix: str, folder: Path) -> AsyncIterator[VaultHandle]:
-    clock = ManualClock(start=1_800_000_000.0)
-    identities = GatewayIdentities.create(folder, clock)
-    config = vault_config(redis_url, prefix, folder, identities.trust_file)
-    vault = await start_vault(config, clock)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{vault.port}")
-    try:
-        yield VaultHandle(vault, channel, vault_pb2_grpc.TokenVaultStub(channel), identities,
-                          clock, config)
-    finally:
-        await channel.close(None)
-        await vault.stop(0.5)
-
 # The simulator's documented cardholders (clients/banksim/cardholders.py).
 ALICE = card("4111111111111111", name="Alice Approved", national_id="ID-ALICE-0001",
              phone="+15550100001")

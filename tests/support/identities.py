@@ -18,13 +18,18 @@ from common.auth import (
 )
 from common.clock import Clock
 
-PARTNER_SCOPES = ("vault.tokens.create", "vault.tokens.get", "vault.tokens.delete")
-# issuer -> (tenants it may assert, scopes it may grant)
+VAULT_PARTNER_SCOPES = ("vault.tokens.create", "vault.tokens.get", "vault.tokens.delete")
+GATEWAY_PARTNER_SCOPES = (
+    "gateway.bindings.write", "gateway.bindings.read", "gateway.credit.write",
+    "gateway.credit.read",
+)
+# issuer -> (tenants it may assert, scopes it may grant): the roles `make run` gives.
 ISSUERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "acme-partner": (("acme",), PARTNER_SCOPES),
-    "globex-partner": (("globex",), PARTNER_SCOPES),
-    "cardlink-gateway": (("*",), PARTNER_SCOPES),
-    "cardlink-bank": (("*",), ("vault.tokens.detokenize",)),
+    "acme-partner": (("acme",), VAULT_PARTNER_SCOPES + GATEWAY_PARTNER_SCOPES),
+    "globex-partner": (("globex",), VAULT_PARTNER_SCOPES + GATEWAY_PARTNER_SCOPES),
+    "cardlink-gateway": (("*",), (*VAULT_PARTNER_SCOPES, "bank.core")),
+    "cardlink-bank": (("*",), ("vault.tokens.get", "vault.tokens.detokenize",
+                               "gateway.bank.events")),
 }
 
 

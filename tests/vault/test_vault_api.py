@@ -122,7 +122,9 @@ async def test_delete_destroys_and_retokenize_gives_new_token(
     created = await _tokenize(vault, card())
     await vault.stub.DeleteToken(vault_pb2.DeleteTokenRequest(name=created.token.name),
                                  metadata=vault.partner())
-    assert await _keys(redis_client, vault.config.redis_prefix + ":vault:{acme}") == set()
+    # Nothing that could open the card is left: no record, no fingerprint.
+    for kind in ("tok", "fp"):
+        assert await _keys(redis_client, vault.config.redis_prefix + ":vault:{acme}:" + kind) == set()
     gone = await _error(vault.stub.DetokenizeToken(vault_pb2.DetokenizeTokenRequest(
         name=created.token.name, reason="check"), metadata=vault.bank()))
     assert gone.reason == "TOKEN_NOT_FOUND"
