@@ -15,8 +15,10 @@ It is re-read when the file changes, so an issuer rotates its signing key by
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import contextvars
+import hashlib
 import inspect
 import json
 import logging
@@ -62,6 +64,7 @@ __all__ = [
     "bearer_token",
     "current_principal",
     "generate_signing_key",
+    "jwk_thumbprint",
     "load_private_key_pem",
     "optional_principal",
     "public_jwk",
@@ -590,6 +593,19 @@ def public_jwk(
     else:
         jwk = RSAAlgorithm.to_jwk(public, as_dict=True)
     return {**jwk, "kid": kid, "alg": alg, "use": "sig"}
+
+
+def jwk_thumbprint(key: PrivateKey | PublicKey) -> str:
+    """A short RFC 7638 JWK thumbprint: the kid `make run` publishes for a key.
+
+    Stable for a key and different between keys, so a service can find its
+    own kid from its key file alone.
+    """
+    jwk = public_jwk(key, kid="")
+    members = {m: jwk[m] for m in sorted(jwk) if m in ("crv", "e", "kty", "n", "x", "y")}
+    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True)
+    digest = hashlib.sha256(canonical.encode()).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")[:16]
 
 
 def save_private_key_pem(key: PrivateKey, path: str | os.PathLike[str]) -> None:

@@ -18,10 +18,8 @@ exits 1.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import fcntl
-import hashlib
 import importlib.util
 import json
 import os
@@ -46,6 +44,7 @@ from common.auth import (
     TokenMinter,
     TrustedIssuer,
     generate_signing_key,
+    jwk_thumbprint,
     load_private_key_pem,
     public_jwk,
     save_private_key_pem,
@@ -209,14 +208,6 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
-def key_id(key: Ed25519PrivateKey) -> str:
-    """A short RFC 7638 JWK thumbprint: stable for a key, different between keys."""
-    jwk = public_jwk(key, kid="")
-    canonical = json.dumps({m: jwk[m] for m in ("crv", "kty", "x")}, separators=(",", ":"))
-    digest = hashlib.sha256(canonical.encode()).digest()
-    return base64.urlsafe_b64encode(digest).decode().rstrip("=")[:16]
-
-
 @dataclass(frozen=True)
 class CallerKey:
     """A caller's signing key as kept in the state folder."""
@@ -257,7 +248,7 @@ def ensure_credentials(state: Path) -> dict[str, CallerKey]:
     for caller in CALLERS:
         path = _key_path(state, caller.issuer)
         key = _load_or_create_key(path)
-        keys[caller.issuer] = CallerKey(caller, path, key, key_id(key))
+        keys[caller.issuer] = CallerKey(caller, path, key, jwk_thumbprint(key))
     _update_trust_store(state / "trust.json", keys.values())
     return keys
 

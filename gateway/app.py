@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 from dataclasses import dataclass
 
 import grpc
@@ -14,11 +11,10 @@ from cardlink.gateway.v1 import bank_events_pb2_grpc, bindings_pb2_grpc, credit_
 from common.auth import (
     AuthInterceptor,
     JwtVerifier,
-    PrivateKey,
     TokenMinter,
     TrustStore,
+    jwk_thumbprint,
     load_private_key_pem,
-    public_jwk,
 )
 from common.clock import Clock, SystemClock
 from common.grpc_errors import ErrorInterceptor
@@ -66,19 +62,10 @@ class RunningGateway:
         await self.redis.aclose()
 
 
-def thumbprint_kid(key: PrivateKey) -> str:
-    """RFC 7638 thumbprint (first 16 chars), the kid `make run` publishes for a key."""
-    jwk = public_jwk(key, kid="")
-    members = {m: jwk[m] for m in sorted(jwk) if m in ("crv", "e", "kty", "n", "x", "y")}
-    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True)
-    digest = hashlib.sha256(canonical.encode()).digest()
-    return base64.urlsafe_b64encode(digest).decode().rstrip("=")[:16]
-
-
 async def start_gateway(config: GatewayConfig, clock: Clock | None = None) -> RunningGateway:
     clock = clock or SystemClock()
     key = load_private_key_pem(config.jwt_key_file)
-    kid = config.jwt_key_id or thumbprint_kid(key)
+    kid = config.jwt_key_id or jwk_thumbprint(key)
     to_vault = TokenMinter(key, kid, config.jwt_issuer, config.vault_audience, clock)
     to_bank = TokenMinter(key, kid, config.jwt_issuer, config.bank_audience, clock)
     vault_channel = grpc.aio.insecure_channel(config.vault_target, options=CHANNEL_OPTIONS)

@@ -111,15 +111,6 @@ def test_malformed_trust_file_is_reported(state: Path) -> None:
         devstack.ensure_credentials(state)
 
 
-def test_key_id_is_a_short_thumbprint() -> None:
-    from common.auth import generate_signing_key
-
-    key = generate_signing_key()
-    assert devstack.key_id(key) == devstack.key_id(key)
-    assert len(devstack.key_id(key)) == 16
-    assert devstack.key_id(key) != devstack.key_id(generate_signing_key())
-
-
 # --------------------------------------------------------------------------
 # The token command
 # --------------------------------------------------------------------------

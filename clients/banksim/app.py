@@ -30,12 +30,18 @@ from clients.bank import BankVaultClient
 from clients.banksim.behavior import Switches
 from clients.banksim.control import SimulatorControlServicer
 from clients.banksim.core import BankCoreServicer, Books
-from common.auth import AuthInterceptor, JwtVerifier, TokenMinter, TrustStore, load_private_key_pem
+from common.auth import (
+    AuthInterceptor,
+    JwtVerifier,
+    TokenMinter,
+    TrustStore,
+    jwk_thumbprint,
+    load_private_key_pem,
+)
 from common.clock import Clock, SystemClock
 from common.config import Env, default_state_dir
 from common.grpc_errors import ErrorInterceptor
 from common.server import RunningServer, Service, start_server
-from gateway.app import thumbprint_kid
 
 CORE = "/cardlink.bank.v1.BankCore/"
 CONTROL = "/cardlink.bank.v1.SimulatorControl/"
@@ -101,7 +107,7 @@ class RunningBanksim:
 async def start_banksim(config: BanksimConfig, clock: Clock | None = None) -> RunningBanksim:
     clock = clock or SystemClock()
     key = load_private_key_pem(config.jwt_key_file)
-    minter = TokenMinter(key, config.jwt_key_id or thumbprint_kid(key), config.jwt_issuer,
+    minter = TokenMinter(key, config.jwt_key_id or jwk_thumbprint(key), config.jwt_issuer,
                          config.vault_audience, clock)
     channel = grpc.aio.insecure_channel(config.vault_target,
                                         options=[("grpc.enable_http_proxy", 0)])

@@ -28,6 +28,7 @@ from common.auth import (
     TrustStore,
     current_principal,
     generate_signing_key,
+    jwk_thumbprint,
     public_jwk,
     write_trust_store,
 )
@@ -588,3 +589,24 @@ async def test_principal_does_not_leak_between_calls(world: World, address: str)
     assert auth.optional_principal() is None
     with pytest.raises(Unauthenticated):
         current_principal()
+
+
+# RFC 7638 section 3.1: the example RSA key and its SHA-256 thumbprint.
+RFC7638_N = (
+    "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJ"
+    "ECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FD"
+    "W2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4v"
+    "MQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"
+)
+
+
+def _b64int(value: str) -> int:
+    return int.from_bytes(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)), "big")
+
+
+def test_jwk_thumbprint_matches_rfc7638() -> None:
+    key = rsa.RSAPublicNumbers(_b64int("AQAB"), _b64int(RFC7638_N)).public_key()
+    assert jwk_thumbprint(key) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"[:16]
+    ed = generate_signing_key()
+    assert jwk_thumbprint(ed) == jwk_thumbprint(ed.public_key())
+    assert jwk_thumbprint(ed) != jwk_thumbprint(generate_signing_key())
