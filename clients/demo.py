@@ -11,8 +11,6 @@ finds the binding and the credit line it made the first time.
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import os
 import subprocess
 import sys
@@ -25,8 +23,9 @@ from cardlink.bank.v1 import simulator_pb2, simulator_pb2_grpc
 from cardlink.gateway.v1 import resources_pb2
 from cardlink.vault.v1 import vault_pb2, vault_pb2_grpc
 from clients.sdk import AlreadyExists, CardLinkError, PartnerClient, RetryPolicy, consent
-from clients.sealing import SealingKeyCache
+from clients.sealing import SealingKeyCache, load_pins
 from common.config import Env
+from common.devstack import dev_token, state_dir
 
 TENANT, USER = "demo", "demo-user"
 PARTNER_SCOPES = ("gateway.bindings.read", "gateway.bindings.write", "gateway.credit.read",
@@ -46,13 +45,12 @@ def step(title: str, detail: Any = "") -> None:
 
 
 def pins() -> dict[str, Ed25519PublicKey]:
-    """The vault's key-set verification keys, as a partner gets them out of band."""
-    env = dict(os.environ)
-    env.setdefault("REDIS_URL", f"redis://127.0.0.1:{env.get('CARDLINK_DEV_REDIS_PORT', '7379')}/0")
-    out = subprocess.run([sys.executable, "-m", "vault", "pins"],
-                         env=env, capture_output=True, text=True, check=True).stdout
-    return {kid: Ed25519PublicKey.from_public_bytes(base64.b64decode(raw))
-            for kid, raw in json.loads(out)["keys"].items()}
+    """The vault's key-set verification keys, as a partner gets them out of band:
+    `make run` publishes them in the state folder."""
+    path = state_dir(os.environ) / "vault-pins.json"
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: start the stack with `make run` first")
+    return load_pins(path)
 
 
 def money(m: resources_pb2.Money) -> str:
@@ -68,8 +66,6 @@ def describe(binding: resources_pb2.Binding) -> str:
 
 
 async def run() -> None:
-    from common.devstack import dev_token
-
     env = Env()
     vault_target = env.text("CARDLINK_VAULT_TARGET", "127.0.0.1:7001")
     gateway_target = env.text("CARDLINK_GATEWAY_TARGET", "127.0.0.1:7002")

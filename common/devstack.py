@@ -132,6 +132,9 @@ class Service:
     issuer: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     hints: tuple[str, ...] = ()
+    # Once healthy: run `python -m <module> <args>` with the service's
+    # environment and write what it prints to `<state>/<file>`.
+    publishes: tuple[tuple[str, ...], str] | None = None
 
     @property
     def env_prefix(self) -> str:
@@ -164,6 +167,8 @@ SERVICES: tuple[Service, ...] = (
             "CARDLINK_VAULT_MODE": "dev",
             "CARDLINK_VAULT_KEY_FILE": "{state}/vault-root.key",
         },
+        # The key-set verification keys partners pin (the demo reads them).
+        publishes=(("pins",), "vault-pins.json"),
         hints=(
             "grpcurl -plaintext {listen} list",
             "grpcurl -plaintext {listen} cardlink.vault.v1.TokenVault/GetSealingKeySet",
@@ -359,6 +364,7 @@ def module_available(module: str) -> bool:
 class Child:
     service: Service
     listen: str
+    env: Mapping[str, str]
     log_path: Path
     process: subprocess.Popen[bytes]
     log: IO[bytes]
@@ -390,7 +396,21 @@ def _spawn(service: Service, listen: str, env: Mapping[str, str], logs: Path) ->
         # Own process group: Ctrl-C reaches only us, so we stop children in order.
         process_group=0,
     )
-    return Child(service, listen, log_path, process, log)
+    return Child(service, listen, env, log_path, process, log)
+
+
+def _publish(child: Child, state: Path) -> None:
+    """Write what a service publishes for others (the vault: its key-set pins)."""
+    if child.service.publishes is None:
+        return
+    args, file_name = child.service.publishes
+    result = subprocess.run(  # noqa: S603 - fixed argv, no shell
+        [sys.executable, "-m", child.service.module, *args],
+        env=dict(child.env), capture_output=True, text=True, check=False,
+    )
+    if result.returncode != 0:
+        raise DevstackError(f"{child.service.name} {' '.join(args)} failed:\n{result.stderr}")
+    (state / file_name).write_text(result.stdout)
 
 
 def _wait_healthy(child: Child, stopping: threading.Event) -> bool:
@@ -562,6 +582,7 @@ def run(environ: Mapping[str, str] | None = None, services: Sequence[Service] = 
                 children.append(child)
                 if not _wait_healthy(child, stopping):
                     return 0
+                _publish(child, state)
                 child_env[f"{service.env_prefix}_TARGET"] = child.listen
             print(_banner(state, redis_line, redis_url, children), flush=True)
             while not stopping.wait(POLL_S * 2):
