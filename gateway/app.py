@@ -102,6 +102,7 @@ async def start_gateway(config: GatewayConfig, clock: Clock | None = None) -> Ru
     running = await start_server(
         services, config.listen,
         interceptors=[ErrorInterceptor(), AuthInterceptor(verifier, METHOD_SCOPES)],
+        credentials=config.tls.credentials() if config.tls else None,
     )
     return RunningGateway(running, redis, (vault_channel, bank_channel), bindings, credit,
                           keyspace)

@@ -27,6 +27,8 @@
 | CARDLINK_GATEWAY_MAX_CARD_ATTEMPTS | 10 | binding attempts per card per window |
 | CARDLINK_GATEWAY_CARD_WINDOW_S | 86400 | that window |
 | CARDLINK_GATEWAY_TENANT_THRESHOLDS_FILE | (none) | JSON per-tenant overrides of the six above |
+| CARDLINK_GATEWAY_TLS_CERT_FILE / _TLS_KEY_FILE | (none: plaintext) | serve TLS with this certificate chain and key (PEM) |
+| CARDLINK_GATEWAY_TLS_CLIENT_CA_FILE | (none) | mutual TLS: partners must present a certificate this CA signed |
 | CARDLINK_SHUTDOWN_GRACE_S | 5.0 | graceful stop |
 | CARDLINK_LOG_LEVEL / CARDLINK_LOG_JSON | INFO / false | logging |
 """
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.config import ConfigError, Env, default_state_dir
+from common.tls import ServerTls
 from gateway.connectors import CallPolicy
 from gateway.idempotency import IdempotencySettings
 from gateway.thresholds import Thresholds
@@ -63,6 +66,7 @@ class GatewayConfig:
     idempotency: IdempotencySettings
     thresholds: Thresholds
     thresholds_file: Path | None
+    tls: ServerTls | None = None
     grace_shutdown_s: float = 5.0
     log_level: str = "INFO"
     log_json: bool = False
@@ -117,6 +121,7 @@ class GatewayConfig:
                 card_attempts_window_s=env.integer("CARDLINK_GATEWAY_CARD_WINDOW_S", 86_400),
             ),
             thresholds_file=Path(thresholds_file) if thresholds_file else None,
+            tls=ServerTls.from_env(env, "CARDLINK_GATEWAY"),
             grace_shutdown_s=env.number("CARDLINK_SHUTDOWN_GRACE_S", 5.0),
             log_level=env.text("CARDLINK_LOG_LEVEL", "INFO"),
             log_json=env.flag("CARDLINK_LOG_JSON", False),
