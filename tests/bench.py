@@ -54,17 +54,17 @@ def _process(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[
         process.wait(timeout=10)
 
 
-async def _wait_healthy(address: str) -> None:
-    async with grpc.aio.insecure_channel(address) as channel:
+def _wait_healthy(address: str) -> None:
+    with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for _ in range(200):
             try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
-            except grpc.aio.AioRpcError:
+            except grpc.RpcError:
                 pass
-            await asyncio.sleep(0.05)  # process start-up, not domain time
+            time.sleep(0.05)  # process start-up, not domain time
     raise RuntimeError(f"{address} did not become healthy")
 
 
@@ -76,7 +76,8 @@ def _load(scenario: Scenario) -> Result:
     return run_load(scenario, workers=WORKERS, inflight=INFLIGHT, seconds=SECONDS)
 
 
-async def _vault(address: str, identities: Identities, pins_file: Path) -> list[Result]:
+async def _vault_scenarios(address: str, identities: Identities,
+                           pins_file: Path) -> list[Scenario]:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = vault_pb2_grpc.TokenVaultStub(channel)
         cache = SealingKeyCache(lambda: stub.GetSealingKeySet(
@@ -95,9 +96,9 @@ async def _vault(address: str, identities: Identities, pins_file: Path) -> list[
     opens = tuple(vault_pb2.DetokenizeTokenRequest(name=n, reason="benchmark")
                   .SerializeToString() for n in names)
     return [
-        _load(Scenario("tokenize", address, VAULT + "TokenizeCard", new_cards[200:], partner)),
-        _load(Scenario("get", address, VAULT + "GetToken", gets, partner)),
-        _load(Scenario("detokenize", address, VAULT + "DetokenizeToken", opens, bank)),
+        Scenario("tokenize", address, VAULT + "TokenizeCard", new_cards[200:], partner),
+        Scenario("get", address, VAULT + "GetToken", gets, partner),
+        Scenario("detokenize", address, VAULT + "DetokenizeToken", opens, bank),
     ]
 
 
@@ -120,7 +121,7 @@ def _report(echo: Result, results: list[Result]) -> dict[str, object]:
     return report
 
 
-async def _main(folder: Path) -> None:
+def _main(folder: Path) -> None:
     identities = Identities.create(folder, SystemClock())
     redis_url = os.environ.get("REDIS_URL")
     redis = None if redis_url else PrivateRedis(folder / "redis").start()
@@ -132,13 +133,15 @@ async def _main(folder: Path) -> None:
     try:
         with _process(["-m", "tests.benchsupport.echo", "127.0.0.1:17100"], env), \
                 _process(["-m", "vault"], env):
-            await _wait_healthy("127.0.0.1:17100")
-            await _wait_healthy("127.0.0.1:17101")
-            pins = subprocess.run([sys.executable, "-m", "vault", "pins"], env=env,  # noqa: S603
+            _wait_healthy("127.0.0.1:17100")
+            _wait_healthy("127.0.0.1:17101")
+            pins = subprocess.run([sys.executable, "-m", "vault", "pins"], env=env,
                                   check=True, capture_output=True, text=True).stdout
             (folder / "pins.json").write_text(pins)
             echo = _echo("127.0.0.1:17100")
-            results = await _vault("127.0.0.1:17101", identities, folder / "pins.json")
+            scenarios = asyncio.run(_vault_scenarios("127.0.0.1:17101", identities,
+                                                     folder / "pins.json"))
+            results = [_load(scenario) for scenario in scenarios]
     finally:
         if redis is not None:
             redis.stop()
@@ -152,7 +155,7 @@ async def _main(folder: Path) -> None:
 def main() -> None:
     install_uvloop()
     with tempfile.TemporaryDirectory(prefix="cardlink-bench-") as folder:
-        asyncio.run(_main(Path(folder)))
+        _main(Path(folder))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ async def serve(address: str) -> None:
     )
     server.add_generic_rpc_handlers((handler,))
     # Health only, so the harness knows when it is up; the echo path is bare.
-    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     port = server.add_insecure_port(address)
     await server.start()
     print(port, flush=True)

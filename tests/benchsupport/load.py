@@ -48,7 +48,8 @@ async def _drive(scenario: Scenario, offset: int, inflight: int, seconds: float,
     counter = offset
     requests = scenario.requests
     async with grpc.aio.insecure_channel(scenario.address) as channel:
-        call = channel.unary_unary(scenario.method)
+        call = channel.unary_unary(scenario.method, request_serializer=None,
+                                   response_deserializer=None)
         start = time.perf_counter()
         measure_from, stop_at = start + warmup_s, start + warmup_s + seconds
 

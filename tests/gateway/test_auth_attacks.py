@@ -27,11 +27,12 @@ from common.errors import NotFound, PermissionDenied, Unauthenticated
 from tests.gateway.conftest import (
     ALICE,
     GATEWAY_AUDIENCE,
-    PARTNER_SCOPES,
     Stack,
     default_consent,
     refused,
 )
+from tests.support.identities import GATEWAY_PARTNER_SCOPES as PARTNER_SCOPES
+from tests.support.keyspace import snapshot as keyspace_snapshot
 
 
 def _b64(data: bytes) -> str:
@@ -86,11 +87,8 @@ def attacks(stack: Stack) -> dict[str, tuple[str, str]]:
     }
 
 
-async def snapshot(stack: Stack) -> dict[bytes, Any]:
-    out: dict[bytes, Any] = {}
-    async for key in stack.redis.scan_iter(match=stack.gateway.keyspace.pattern, count=1000):
-        out[key] = await stack.redis.dump(key)
-    return out
+async def snapshot(stack: Stack) -> dict[bytes, bytes]:
+    return await keyspace_snapshot(stack.redis, stack.gateway.keyspace.pattern)
 
 
 async def _create(stack: Stack, token: str) -> Any:

@@ -54,7 +54,7 @@ async def _healthy(address: str, credentials: grpc.ChannelCredentials) -> bool:
                 health_pb2.HealthCheckRequest(), timeout=3)
         except grpc.aio.AioRpcError:
             return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 async def test_mutual_tls_admits_only_certified_partners(stack: Stack, tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ class VaultHandle:
 
     vault: RunningVault
     channel: grpc.aio.Channel
-    stub: vault_pb2_grpc.TokenVaultStub
+    stub: vault_pb2_grpc.TokenVaultAsyncStub
     identities: Identities
     clock: ManualClock
     config: VaultConfig
@@ -85,6 +85,6 @@ async def running_vault(redis_url: str, prefix: str, folder: Path) -> AsyncItera
         yield VaultHandle(vault, channel, vault_pb2_grpc.TokenVaultStub(channel), identities,
                           clock, config)
     finally:
-        await channel.close()
+        await channel.close(None)
         await vault.stop(0.5)
 

@@ -14,6 +14,7 @@ from clients.sealing import KeySetError, verify_key_set
 from common.errors import CardLinkError
 from common.grpc_errors import error_from_rpc
 from tests.support.cards import card, numbered_card
+from tests.support.keyspace import contents, snapshot
 from tests.support.vault import VaultHandle
 
 
@@ -31,7 +32,7 @@ async def _tokenize(vault: VaultHandle, secret: vault_pb2.CardSecret,
 
 
 async def _keys(redis_client: aioredis.Redis, prefix: str) -> set[bytes]:
-    return {k async for k in redis_client.scan_iter(match=f"{prefix}:*")}
+    return set(await snapshot(redis_client, f"{prefix}:*"))
 
 
 async def test_round_trip_tokenize_get_detokenize(vault: VaultHandle) -> None:
@@ -124,7 +125,8 @@ async def test_delete_destroys_and_retokenize_gives_new_token(
                                  metadata=vault.partner())
     # Nothing that could open the card is left: no record, no fingerprint.
     for kind in ("tok", "fp"):
-        assert await _keys(redis_client, vault.config.redis_prefix + ":vault:{acme}:" + kind) == set()
+        pattern = vault.config.redis_prefix + ":vault:{acme}:" + kind
+        assert await _keys(redis_client, pattern) == set()
     gone = await _error(vault.stub.DetokenizeToken(vault_pb2.DetokenizeTokenRequest(
         name=created.token.name, reason="check"), metadata=vault.bank()))
     assert gone.reason == "TOKEN_NOT_FOUND"
@@ -224,19 +226,7 @@ async def test_no_pan_or_identity_in_redis_or_logs(
         await vault.stub.DetokenizeToken(vault_pb2.DetokenizeTokenRequest(
             name=name, reason="scan test"), metadata=vault.bank())
     await _error(_tokenize(vault, card("4111111111111112")))
-    haystack = bytearray()
-    async for key in redis_client.scan_iter(match=f"{vault.config.redis_prefix}:*"):
-        haystack += key
-        kind = await redis_client.type(key)
-        if kind == b"hash":
-            for field, value in (await redis_client.hgetall(key)).items():
-                haystack += field + value
-        elif kind == b"string":
-            haystack += await redis_client.get(key) or b""
-        elif kind == b"stream":
-            for _, entry in await redis_client.xrange(key):
-                for field, value in entry.items():
-                    haystack += field + value
+    haystack = await contents(redis_client, f"{vault.config.redis_prefix}:*")
     haystack += caplog.text.encode()
     assert len(haystack) > 1000
     for secret in [*secrets, card("4111111111111112")]:
