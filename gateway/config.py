@@ -27,8 +27,9 @@
 | CARDLINK_GATEWAY_MAX_CARD_ATTEMPTS | 10 | binding attempts per card per window |
 | CARDLINK_GATEWAY_CARD_WINDOW_S | 86400 | that window |
 | CARDLINK_GATEWAY_TENANT_THRESHOLDS_FILE | (none) | JSON per-tenant overrides of the six above |
-| CARDLINK_GATEWAY_TLS_CERT_FILE / _TLS_KEY_FILE | (none: plaintext) | serve TLS with this certificate chain and key (PEM) |
-| CARDLINK_GATEWAY_TLS_CLIENT_CA_FILE | (none) | mutual TLS: partners must present a certificate this CA signed |
+| CARDLINK_GATEWAY_TLS_CERT_FILE | (none: plaintext) | serve TLS: certificate chain (PEM) |
+| CARDLINK_GATEWAY_TLS_KEY_FILE | (none) | its private key (PEM) |
+| CARDLINK_GATEWAY_TLS_CLIENT_CA_FILE | (none) | mutual TLS: partners need a cert this CA signed |
 | CARDLINK_SHUTDOWN_GRACE_S | 5.0 | graceful stop |
 | CARDLINK_LOG_LEVEL / CARDLINK_LOG_JSON | INFO / false | logging |
 """
