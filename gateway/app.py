@@ -18,6 +18,7 @@ from common.auth import (
 )
 from common.clock import Clock, SystemClock
 from common.grpc_errors import ErrorInterceptor
+from common.redis_client import connect
 from common.server import RunningServer, Service, start_server
 from gateway.bank_connector import GrpcBank
 from gateway.binding import BindingService
@@ -80,7 +81,7 @@ async def start_gateway(config: GatewayConfig, clock: Clock | None = None) -> Ru
         lambda tenant: to_bank.metadata(SUBJECT, tenant, BANK_SCOPES),
         config.bank_policy,
     )
-    redis = aioredis.Redis.from_url(config.redis_url, health_check_interval=30)
+    redis = connect(config.redis_url)
     keyspace = Keyspace(config.redis_prefix)
     idempotency = IdempotencyStore(redis, keyspace, config.idempotency)
     thresholds = TenantThresholds.load(config.thresholds, config.thresholds_file)
