@@ -2,8 +2,10 @@
 
 A resource of another tenant is NOT_FOUND, exactly like one that does not
 exist. The scope per method is enforced by ``common.auth.AuthInterceptor``
-(see ``METHOD_SCOPES``); bank events additionally require a bank issuer,
-since a partner signs its own tokens and could name any scope.
+(see ``METHOD_SCOPES``; the trust store grants each issuer its scopes);
+bank events additionally require a bank issuer, so a trust store that
+granted a partner the bank's scope by mistake still lets no partner move
+a credit limit.
 """
 
 from __future__ import annotations
