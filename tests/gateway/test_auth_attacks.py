@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 import uuid
 from collections.abc import Awaitable
 from typing import Any
 
-import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 
 from cardlink.gateway.v1 import (
     bank_events_pb2,
@@ -32,59 +26,8 @@ from tests.gateway.conftest import (
     refused,
 )
 from tests.support.identities import GATEWAY_PARTNER_SCOPES as PARTNER_SCOPES
+from tests.support.jwt_attacks import NAMES, Attacks
 from tests.support.keyspace import snapshot as keyspace_snapshot
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _claims(stack: Stack, **changes: Any) -> dict[str, Any]:
-    now = int(stack.clock.now())
-    claims: dict[str, Any] = {
-        "iss": "acme-partner", "sub": "shop", "aud": GATEWAY_AUDIENCE, "iat": now, "nbf": now,
-        "exp": now + 300, "tenant": "acme", "scope": " ".join(PARTNER_SCOPES),
-    }
-    claims.update(changes)
-    return claims
-
-
-def _signed(stack: Stack, claims: dict[str, Any], kid: str | None = None) -> str:
-    issuer = stack.vault.identities.issuers["acme-partner"]
-    return jwt.encode(claims, issuer.key, algorithm="EdDSA", headers={"kid": kid or issuer.kid})
-
-
-def _hs256_with_public_key(stack: Stack) -> str:
-    issuer = stack.vault.identities.issuers["acme-partner"]
-    public_pem = issuer.key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    header = {"alg": "HS256", "kid": issuer.kid, "typ": "JWT"}
-    body = _b64(json.dumps(_claims(stack)).encode())
-    signing_input = f"{_b64(json.dumps(header).encode())}.{body}"
-    mac = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{_b64(mac)}"
-
-
-def attacks(stack: Stack) -> dict[str, tuple[str, str]]:
-    now = int(stack.clock.now())
-    kid = stack.vault.identities.issuers["acme-partner"].kid
-    return {
-        "alg_none": (jwt.encode(_claims(stack), "", algorithm="none", headers={"kid": kid}),
-                     "ALGORITHM_NOT_ALLOWED"),
-        "hs256_public_key": (_hs256_with_public_key(stack), "ALGORITHM_NOT_ALLOWED"),
-        "expired": (_signed(stack, _claims(stack, iat=now - 900, nbf=now - 900, exp=now - 600)),
-                    "TOKEN_EXPIRED"),
-        "not_yet_valid": (_signed(stack, _claims(stack, nbf=now + 600, iat=now + 600,
-                                                 exp=now + 900)), "TOKEN_NOT_YET_VALID"),
-        "wrong_issuer": (_signed(stack, _claims(stack, iss="evil-partner")), "ISSUER_UNKNOWN"),
-        "wrong_audience": (_signed(stack, _claims(stack, aud="cardlink-vault")),
-                           "AUDIENCE_MISMATCH"),
-        "unknown_kid": (_signed(stack, _claims(stack), kid="acme-k99"), "KEY_UNKNOWN"),
-        "path_kid": (_signed(stack, _claims(stack), kid="../../etc/passwd"), "KEY_UNKNOWN"),
-        "sql_kid": (_signed(stack, _claims(stack), kid="x' OR '1'='1"), "KEY_UNKNOWN"),
-        "other_tenant_claim": (_signed(stack, _claims(stack, tenant="globex")),
-                               "TENANT_NOT_ALLOWED"),
-    }
 
 
 async def snapshot(stack: Stack) -> dict[bytes, bytes]:
@@ -99,13 +42,11 @@ async def _create(stack: Stack, token: str) -> Any:
         request_id=str(uuid.uuid4())), metadata=bearer_metadata(token))
 
 
-@pytest.mark.parametrize("attack", [
-    "alg_none", "hs256_public_key", "expired", "not_yet_valid", "wrong_issuer",
-    "wrong_audience", "unknown_kid", "path_kid", "sql_kid", "other_tenant_claim",
-])
+@pytest.mark.parametrize("attack", NAMES)
 async def test_jwt_attack_is_refused_and_changes_nothing(stack: Stack, attack: str) -> None:
     before = await snapshot(stack)
-    token, reason = attacks(stack)[attack]
+    token, reason = Attacks(stack.vault.identities, "acme-partner", GATEWAY_AUDIENCE, "acme",
+                            PARTNER_SCOPES).all()[attack]
     error = await refused(_create(stack, token))
     assert isinstance(error, Unauthenticated) and error.reason == reason
     assert token not in error.message

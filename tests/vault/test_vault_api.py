@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import grpc
 import pytest
@@ -14,6 +15,8 @@ from clients.sealing import KeySetError, verify_key_set
 from common.errors import CardLinkError
 from common.grpc_errors import error_from_rpc
 from tests.support.cards import card, numbered_card
+from tests.support.identities import VAULT_PARTNER_SCOPES
+from tests.support.jwt_attacks import NAMES, Attacks
 from tests.support.keyspace import contents, snapshot
 from tests.support.vault import VaultHandle
 
@@ -117,6 +120,27 @@ async def test_scopes_and_credentials(vault: VaultHandle) -> None:
     assert (late.code.value, late.reason) == ("UNAUTHENTICATED", "TOKEN_EXPIRED")
 
 
+@pytest.mark.parametrize("attack", NAMES)
+async def test_jwt_attacks_are_refused_and_change_nothing(
+    vault: VaultHandle, redis_client: aioredis.Redis, attack: str
+) -> None:
+    created = await _tokenize(vault, card())
+    before = await snapshot(redis_client, f"{vault.config.redis_prefix}:vault:{{acme}}:*")
+    token, reason = Attacks(vault.identities, "acme-partner", "cardlink-vault", "acme",
+                            VAULT_PARTNER_SCOPES).all()[attack]
+    metadata = (("authorization", f"Bearer {token}"),)
+    refusals = [
+        await _error(vault.stub.GetToken(vault_pb2.GetTokenRequest(
+            name=created.token.name), metadata=metadata)),
+        await _error(vault.stub.DeleteToken(vault_pb2.DeleteTokenRequest(
+            name=created.token.name), metadata=metadata)),
+    ]
+    for error in refusals:
+        assert (error.code.value, error.reason) == ("UNAUTHENTICATED", reason)
+        assert token not in str(error)
+    assert await snapshot(redis_client, f"{vault.config.redis_prefix}:vault:{{acme}}:*") == before
+
+
 async def test_delete_destroys_and_retokenize_gives_new_token(
     vault: VaultHandle, redis_client: aioredis.Redis
 ) -> None:
@@ -135,7 +159,7 @@ async def test_delete_destroys_and_retokenize_gives_new_token(
 
 
 async def test_moved_or_tampered_ciphertext_does_not_open(
-    vault: VaultHandle, redis_client: aioredis.Redis
+    vault: VaultHandle, redis_client: Any
 ) -> None:
     one = (await _tokenize(vault, numbered_card(1))).token.name.split("/")[-1]
     two = (await _tokenize(vault, numbered_card(2))).token.name.split("/")[-1]
