@@ -15,6 +15,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 
+from common.auth import generate_signing_key
 from tests.support.identities import Identities
 
 
@@ -62,8 +63,6 @@ class Attacks:
 
     def _forged(self) -> str:
         # Right kid, right claims, signed by a key that is not the issuer's.
-        from common.auth import generate_signing_key
-
         return jwt.encode(self.claims(), generate_signing_key(), algorithm="EdDSA",
                           headers={"kid": self._entry.kid})
 
