@@ -13,7 +13,7 @@ from common.clock import SystemClock
 from common.logging import configure_logging
 from common.server import install_uvloop, run_until_signal
 from vault.app import connect_redis, start_vault
-from vault.config import VaultConfig
+from vault.config import VaultConfig, VaultMode
 from vault.service import VaultService
 
 logger = logging.getLogger("cardlink.vault")
@@ -21,7 +21,9 @@ logger = logging.getLogger("cardlink.vault")
 
 async def _serve(config: VaultConfig) -> None:
     vault = await start_vault(config)
-    logger.info("vault listening on %s (port %d)", config.listen, vault.port)
+    logger.info("vault listening on %s (port %d)%s", config.listen, vault.port,
+                "; SEALED: custodians must unseal it (cardlink-keytool unseal)"
+                if vault.service.keyring.sealed else "")
     try:
         await run_until_signal(vault.running.server, vault.running.health,
                                grace=config.grace_shutdown_s)
@@ -30,6 +32,9 @@ async def _serve(config: VaultConfig) -> None:
 
 
 async def _pins(config: VaultConfig) -> None:
+    if config.mode is VaultMode.PRODUCTION:
+        raise SystemExit("production mode: read the signing public keys with "
+                         "`cardlink-keytool status --json` from an unsealed vault")
     redis = connect_redis(config.redis_url)
     try:
         service = VaultService.create(redis, prefix=config.redis_prefix, clock=SystemClock(),

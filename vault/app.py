@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from grpc_health.v1 import health_pb2
 
-from cardlink.vault.v1 import vault_pb2_grpc
+from cardlink.vault.v1 import admin_pb2_grpc, vault_pb2_grpc
 from common.auth import AuthInterceptor, JwtVerifier, TrustStore
 from common.clock import Clock, SystemClock
+from common.errors import CardLinkError
 from common.grpc_errors import ErrorInterceptor
+from common.redis_client import connect
 from common.server import RunningServer, Service, start_server
-from vault.access import METHOD_SCOPES
-from vault.config import VaultConfig
+from vault.access import METHOD_SCOPES, RESTRICTED_METHODS, SEALED_METHODS
+from vault.admin import KeyAdminService
+from vault.admin_servicer import KeyAdminServicer
+from vault.audit import AuditLog
+from vault.config import VaultConfig, VaultMode
+from vault.interceptors import RefusalAudit, SealGate
+from vault.keyring import SIGNING, keys_key
+from vault.lifecycle import KeyLifecycle
+from vault.rewrap import Rewrapper
 from vault.service import VaultService
 from vault.servicer import TokenVaultServicer
+from vault.unseal import ShamirRootKeys
 
 SERVICE_NAME = "cardlink.vault.v1.TokenVault"
+ADMIN_SERVICE_NAME = "cardlink.vault.v1.KeyAdmin"
+# How often each process destroys sealing keys whose grace period is over.
+EXPIRY_SWEEP_S = 30.0
+
+logger = logging.getLogger("cardlink.vault")
 
 
 @dataclass(frozen=True)
@@ -25,39 +44,94 @@ class RunningVault:
 
     running: RunningServer
     service: VaultService
+    admin: KeyAdminService
     redis: aioredis.Redis
+    sweeper: asyncio.Task[None]
 
     @property
     def port(self) -> int:
         return self.running.port
 
     async def stop(self, grace: float | None = 1.0) -> None:
+        self.sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.sweeper
         await self.running.stop(grace)
+        audit = self.service.audit
+        if isinstance(audit, AuditLog):
+            await audit.aclose()
         await self.redis.aclose()
 
 
 def connect_redis(url: str) -> aioredis.Redis:
-    # Bytes in and out: ciphertexts and wrapped keys are binary.
-    return aioredis.Redis.from_url(url, decode_responses=False, health_check_interval=30)
+    return connect(url)
+
+
+def build_services(config: VaultConfig, redis: aioredis.Redis,
+                   clock: Clock) -> tuple[VaultService, KeyAdminService]:
+    """The token and key-admin domain services of one process."""
+    unsealer = None
+    if config.mode is VaultMode.PRODUCTION:
+        unsealer = ShamirRootKeys(redis, prefix=config.redis_prefix,
+                                  keys_key=keys_key(config.redis_prefix))
+    service = VaultService.create(
+        redis, prefix=config.redis_prefix, clock=clock, root_keys=unsealer,
+        dev_key_file=None if unsealer else config.key_file,
+        keyring_refresh_seconds=config.keyring_refresh_s)
+    if unsealer is not None:
+        unsealer.attach(service.keyring)
+    audit = service.audit
+    assert isinstance(audit, AuditLog)
+    lifecycle = KeyLifecycle(redis, keyring=service.keyring, store=service.store, clock=clock,
+                             sealing_grace_seconds=config.sealing_grace_s,
+                             settle_seconds=config.key_settle_s)
+    rewrapper = Rewrapper(redis, prefix=config.redis_prefix, keyring=service.keyring,
+                          store=service.store)
+    admin = KeyAdminService(keyring=service.keyring, lifecycle=lifecycle, rewrapper=rewrapper,
+                            audit=audit, clock=clock, unsealer=unsealer)
+    return service, admin
+
+
+async def _sweep(admin: KeyAdminService) -> None:
+    while True:
+        await asyncio.sleep(EXPIRY_SWEEP_S)
+        try:
+            await admin.destroy_expired()
+        except CardLinkError as error:  # the next sweep retries
+            logger.warning("sealing key expiry sweep failed: %s", error.reason)
 
 
 async def start_vault(config: VaultConfig, clock: Clock | None = None) -> RunningVault:
-    """Open the keyring (creating version 1 of each key on first start) and serve."""
+    """Serve; in dev mode open the keyring (creating version 1 of each key on first
+    start), in production mode start sealed."""
     clock = clock or SystemClock()
     redis = connect_redis(config.redis_url)
-    service = VaultService.create(
-        redis,
-        prefix=config.redis_prefix,
-        clock=clock,
-        dev_key_file=config.key_file,
-        keyring_refresh_seconds=config.keyring_refresh_s,
-    )
-    await service.keyring.snapshot()  # fail fast on a bad root key or an unreachable Redis
+    service, admin = build_services(config, redis, clock)
+    if not service.keyring.sealed:
+        await service.keyring.snapshot()  # fail fast on a bad root key or an unreachable Redis
+
+    async def signing_public_keys() -> dict[tuple[str, int], bytes]:
+        keys = await service.keyring.snapshot()
+        return {(SIGNING, s.version): s.key.public_key for s in keys.signing_keys}
+
     verifier = JwtVerifier(TrustStore(config.trust_file, clock), config.audience, clock)
     running = await start_server(
         [Service(SERVICE_NAME, vault_pb2_grpc.add_TokenVaultServicer_to_server,
-                 TokenVaultServicer(service))],
+                 TokenVaultServicer(service)),
+         Service(ADMIN_SERVICE_NAME, admin_pb2_grpc.add_KeyAdminServicer_to_server,
+                 KeyAdminServicer(admin, signing_public_keys))],
         config.listen,
-        interceptors=[ErrorInterceptor(), AuthInterceptor(verifier, METHOD_SCOPES)],
+        interceptors=[ErrorInterceptor(), SealGate(service.keyring, SEALED_METHODS),
+                      RefusalAudit(service.audit, clock, RESTRICTED_METHODS),
+                      AuthInterceptor(verifier, METHOD_SCOPES)],
     )
-    return RunningVault(running, service, redis)
+    if service.keyring.sealed:
+        # Load balancers keep traffic away until custodians unseal this process.
+        await running.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def serving() -> None:
+        await running.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+
+    admin.on_unseal(serving)
+    sweeper = asyncio.create_task(_sweep(admin), name="sealing-key-expiry")
+    return RunningVault(running, service, admin, redis, sweeper)

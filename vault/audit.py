@@ -1,25 +1,83 @@
-"""The vault's audit log: who touched which token, why, when, and the outcome.
+"""The vault's tamper-evident audit log: who touched which token or key, why, when.
 
-Entries go to the Redis stream ``{prefix}:vault:audit``. An entry names the
-caller, tenant and token, never card data. ``AuditEntry.fields()`` is the
-canonical encoding; a tamper-evident log (a keyed hash chain) can replace
-``AuditLog.append`` with a script that adds ``prev``/``mac`` fields computed
-over exactly these fields, without changing any caller.
+Entries go to the Redis stream ``{prefix}:vault:{audit}:log``; the chain head
+(last sequence number and MAC) is ``{prefix}:vault:{audit}:head`` (one hash
+tag, so the append script is atomic on Redis Cluster too). Each entry holds
+its fields, ``seq`` (1, 2, 3, ...) and ``mac`` = HMAC-SHA256 under the audit
+key (a keyring entry) over the previous entry's MAC and this entry's fields.
+An entry names the caller, tenant and token, never card data.
+
+Throughput: one global chain would collapse if every call did an optimistic
+compare-and-append of its own. Instead each process runs one appender task:
+callers queue their entry and wait; the appender takes everything queued,
+chains it from the head it knows, and writes the whole batch with one script
+that checks the head is still what it chained from. With one process the
+check never fails; with several, a loser re-reads the head and re-chains
+its batch, so contention costs one retry per batch, not per entry.
+
+Limits (see the key tool's ``audit verify``): an attacker with write access
+to Redis cannot alter, remove, insert or reorder an entry without breaking
+the chain, but can cut the newest entries off the tail and move the head
+back with them; record the head MAC that ``audit verify`` prints somewhere
+else to detect that.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
-from vault.keyring import redis_errors
+from common.errors import CardLinkError, Unavailable
+from vault.crypto import AuditMacKey
+from vault.keyring import Keyring, redis_errors
 
 AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
 DETOKENIZE = "detokenize"
 DELETE = "delete"
+KEY_ROTATE = "key.rotate"
+KEY_RETIRE = "key.retire"
+KEY_DESTROY = "key.destroy_expired"
+KEY_REWRAP = "key.rewrap"
+ROOT_INIT = "root.init"
+ROOT_UNSEAL = "root.unseal"
+ROOT_REKEY = "root.rekey"
+ROOT_ROTATE = "root.rotate"
+CALL_REFUSED = "call.refused"
 RESULT_OK = "OK"
+
+FIELDS = ("action", "caller", "tenant", "token", "result", "time", "reason", "request_id")
+_MAX_BATCH = 512
+_ATTEMPTS = 16
+_PAGE = 2000
+
+# Append a batch iff the head is still what the caller chained from.
+# KEYS: stream, head. ARGV: expected head seq, new head seq, new head mac,
+# then per entry the values of FIELDS, seq and mac (10 values).
+# Returns {1, id, id, ...} or {0, head seq, head mac}.
+_APPEND = """
+local head = redis.call('HMGET', KEYS[2], 'seq', 'mac')
+local seq = head[1] or '0'
+if seq ~= ARGV[1] then return {0, seq, head[2] or ''} end
+local names = {'action', 'caller', 'tenant', 'token', 'result', 'time', 'reason',
+               'request_id', 'seq', 'mac'}
+local reply = {1}
+for i = 4, #ARGV, 10 do
+  local args = {}
+  for j = 1, 10 do
+    args[2 * j - 1] = names[j]
+    args[2 * j] = ARGV[i + j - 1]
+  end
+  reply[#reply + 1] = redis.call('XADD', KEYS[1], '*', unpack(args))
+end
+redis.call('HSET', KEYS[2], 'seq', ARGV[2], 'mac', ARGV[3])
+return reply
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +106,12 @@ class AuditEntry:
         }
 
 
+def chain_payload(fields: dict[str, str], seq: int) -> bytes:
+    """What an entry's MAC covers: its sequence number and fields, in a fixed order."""
+    values = [str(seq), *(fields[name] for name in FIELDS)]
+    return json.dumps(values, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 class AuditSink(Protocol):
     """Anything that durably records audit entries, failing loudly if it cannot."""
 
@@ -55,18 +119,170 @@ class AuditSink(Protocol):
 
 
 def audit_key(prefix: str) -> str:
-    return f"{prefix}:vault:audit"
+    return f"{prefix}:vault:{{audit}}:log"
+
+
+def audit_head_key(prefix: str) -> str:
+    return f"{prefix}:vault:{{audit}}:head"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    ok: bool
+    verified: int
+    problem: str = ""
+    entry_id: str = ""
+    expected_seq: int = 0
+    head_seq: int = 0
+    head_mac: str = ""
 
 
 class AuditLog:
-    """Appends entries to a Redis stream; raises UNAVAILABLE if the write fails."""
+    """The chained audit log: appends (batched per process), verifies, exports.
 
-    def __init__(self, redis: Redis, *, prefix: str) -> None:
+    While the vault is sealed the audit key is not available: entries (unseal
+    attempts, refusals) wait in memory and are chained right after unseal.
+    """
+
+    def __init__(self, redis: Redis, *, prefix: str, keyring: Keyring) -> None:
         self._redis = redis
+        self._keyring = keyring
         self.key = audit_key(prefix)
+        self.head_key = audit_head_key(prefix)
+        self._script = redis.register_script(_APPEND)
+        self._queue: list[tuple[AuditEntry, asyncio.Future[str]]] = []
+        self._sealed_backlog: list[AuditEntry] = []
+        self._task: asyncio.Task[None] | None = None
+        self._head: tuple[int, str] | None = None
+        self._mac: tuple[bytes, AuditMacKey] | None = None
 
     async def append(self, entry: AuditEntry) -> str:
-        """The stream id of the written entry."""
+        """The stream id of the written entry ('' while sealed: written after unseal)."""
+        if self._keyring.sealed:
+            self._sealed_backlog.append(entry)
+            return ""
+        if self._sealed_backlog:
+            await self.flush_backlog()
+        return await self._enqueue(entry)
+
+    async def flush_backlog(self) -> None:
+        """Chain what was recorded while sealed (called right after unseal)."""
+        backlog, self._sealed_backlog = self._sealed_backlog, []
+        await asyncio.gather(*(self._enqueue(e) for e in backlog))
+
+    def _enqueue(self, entry: AuditEntry) -> asyncio.Future[str]:
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._queue.append((entry, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._appender(), name="audit-appender")
+        return future
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _appender(self) -> None:
+        # Runs while there is work and ends when the queue is empty; the next
+        # append starts it again (so nothing is left pending at shutdown).
+        await asyncio.sleep(0)  # let callers queued in this loop turn join the batch
+        while self._queue:
+            batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
+            try:
+                ids = await self._write([entry for entry, _ in batch])
+            except Exception as error:
+                self._head = None  # the write may have landed: re-read the head
+                failure = error if isinstance(error, CardLinkError) else Unavailable(
+                    AUDIT_UNAVAILABLE, "the audit log is unavailable; retry")
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(failure)
+                continue
+            for (_, future), entry_id in zip(batch, ids, strict=True):
+                if not future.done():
+                    future.set_result(entry_id)
+
+    async def _mac_key(self) -> AuditMacKey:
+        material = (await self._keyring.snapshot()).audit_key
+        if self._mac is None or self._mac[0] != material:
+            self._mac = (material, AuditMacKey(material))
+        return self._mac[1]
+
+    async def head(self) -> tuple[int, str]:
         with redis_errors(AUDIT_UNAVAILABLE):
-            entry_id = await self._redis.xadd(self.key, entry.fields())  # type: ignore[arg-type]
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+            seq, mac = await self._redis.hmget(self.head_key, ["seq", "mac"])
+        return (0, "") if seq is None else (int(seq), _text(mac or b""))
+
+    async def _write(self, entries: list[AuditEntry]) -> list[str]:
+        mac_key = await self._mac_key()
+        for _ in range(_ATTEMPTS):
+            head = self._head or await self.head()
+            seq, mac = head
+            args: list[str] = []
+            for entry in entries:
+                fields = entry.fields()
+                seq += 1
+                mac = mac_key.mac(mac, chain_payload(fields, seq))
+                args += [*(fields[name] for name in FIELDS), str(seq), mac]
+            with redis_errors(AUDIT_UNAVAILABLE):
+                reply = await self._script(keys=[self.key, self.head_key],
+                                           args=[str(head[0]), str(seq), mac, *args])
+            if int(reply[0]) == 1:
+                self._head = (seq, mac)
+                return [_text(r) for r in reply[1:]]
+            # Another process appended: chain from its head instead.
+            self._head = (int(reply[1]), _text(reply[2]))
+        raise Unavailable(AUDIT_UNAVAILABLE, "the audit log is too contended; retry")
+
+    async def entries(self, start_seq: int = 0) -> AsyncIterator[tuple[str, dict[str, str]]]:
+        """(stream id, fields) in log order, from ``start_seq`` on."""
+        after = "-"
+        while True:
+            with redis_errors(AUDIT_UNAVAILABLE):
+                page: list[Any] = await self._redis.xrange(  # type: ignore[assignment]
+                    self.key, min=after, count=_PAGE)
+            for entry_id, raw in page:
+                fields = {_text(k): _text(v) for k, v in raw.items()}
+                seq = fields.get("seq", "")
+                if not seq.isdigit() or int(seq) >= start_seq:
+                    yield _text(entry_id), fields
+            if len(page) < _PAGE:
+                return
+            after = "(" + _text(page[-1][0])
+
+    async def verify(self) -> Verification:
+        """Check every entry's sequence number and MAC, then the head."""
+        head_seq, head_mac = await self.head()
+        mac_key = await self._mac_key()
+        expected, previous, verified = 1, "", 0
+        async for entry_id, fields in self.entries():
+            if expected > head_seq:
+                break  # appended after the head was read
+            problem = self._check(mac_key, fields, expected, previous)
+            if problem:
+                return Verification(False, verified, problem, entry_id, expected, head_seq,
+                                    head_mac)
+            previous, expected, verified = fields["mac"], expected + 1, verified + 1
+        if verified != head_seq or previous != head_mac:
+            return Verification(False, verified, "TRUNCATED", "", expected, head_seq, head_mac)
+        return Verification(True, verified, head_seq=head_seq, head_mac=head_mac)
+
+    @staticmethod
+    def _check(mac_key: AuditMacKey, fields: dict[str, str], expected: int,
+               previous: str) -> str:
+        if any(name not in fields for name in (*FIELDS, "seq", "mac")) or not (
+                fields["seq"].isdigit()):
+            return "MALFORMED"
+        seq = int(fields["seq"])
+        if seq > expected:
+            return "MISSING_OR_REORDERED"
+        if seq < expected:
+            return "INSERTED_OR_REORDERED"
+        if not mac_key.verify(previous, chain_payload(fields, seq), fields["mac"]):
+            return "ALTERED"
+        return ""

@@ -31,6 +31,10 @@ class VaultConfig:
     grace_shutdown_s: float
     log_level: str
     log_json: bool
+    # How long a superseded KEK/fingerprint version must wait before it may be
+    # retired: more than keyring_refresh_s plus the longest call, so no process
+    # can still be writing with it.
+    key_settle_s: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> VaultConfig:
@@ -55,8 +59,9 @@ class VaultConfig:
             trust_file=env.path("CARDLINK_TRUST_FILE", state / "trust.json"),
             audience=env.text("CARDLINK_VAULT_AUDIENCE", "cardlink-vault"),
             sealing_grace_s=env.integer("CARDLINK_SEALING_GRACE_S", 86_400, minimum=0),
-            keyring_refresh_s=env.number("CARDLINK_KEYRING_REFRESH_S", 1.0),
+            keyring_refresh_s=env.number("CARDLINK_KEYRING_REFRESH_S", 0.5),
             grace_shutdown_s=env.number("CARDLINK_SHUTDOWN_GRACE_S", 5.0),
             log_level=env.text("CARDLINK_LOG_LEVEL", "INFO"),
             log_json=env.flag("CARDLINK_LOG_JSON", False),
+            key_settle_s=env.number("CARDLINK_KEY_SETTLE_S", 30.0),
         )

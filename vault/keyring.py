@@ -8,15 +8,22 @@ process sees a change at once):
   processes compare it to decide whether to reload.
 - ``{kind}:current``: the version new writes use, for kind in
   ``kek``, ``fp``, ``seal``, ``sign``.
-- ``{kind}:{version}``: JSON ``{"id", "ctime", "expire", "wrapped"}`` where
-  ``wrapped`` is the key material under the root key with the field name and
-  key id as associated data. A retired version is a deleted field.
+- ``{kind}:last``: the highest version ever created (versions are never reused,
+  so a retired version number can never name other material).
+- ``{kind}:{version}``: JSON ``{"id", "ctime", "expire", "superseded",
+  "wrapped"}`` where ``wrapped`` is the key material under the root key with
+  the field name and key id as associated data. A retired version is a
+  deleted field.
+- ``audit:1``: the audit log's MAC key. Stored like the others (not derived
+  from the root) so a root rotation, which rewraps every entry, keeps the
+  whole audit chain verifiable.
+- ``shares:*``: the production share set (SLIP-39 identifier, k, n).
 
 Reads: every present ``kek`` version opens records, every present ``fp``
 version is consulted for "same card" lookups (current first), every present
 unexpired ``seal`` key opens sealed cards, every present ``sign`` key signs the
 key set. The key lifecycle (rotate, rewrap, retire, production unseal) only
-adds and removes fields and bumps ``gen``; nothing here changes for it.
+adds and removes fields and bumps ``gen`` (see ``vault.lifecycle``).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import contextlib
 import json
 import os
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,7 +43,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from common.clock import Clock
-from common.errors import Internal, Unavailable
+from common.errors import FailedPrecondition, Internal, Unavailable
 from vault.crypto import (
     DecryptionFailed,
     FingerprintKey,
@@ -51,11 +58,14 @@ KEK = "kek"
 FINGERPRINT = "fp"
 SEALING = "seal"
 SIGNING = "sign"
-KINDS = (KEK, FINGERPRINT, SEALING, SIGNING)
+AUDIT = "audit"
+ROTATABLE_KINDS = (KEK, FINGERPRINT, SEALING, SIGNING)
+KINDS = (*ROTATABLE_KINDS, AUDIT)
 ROOT_FIELD = "root"
 GENERATION_FIELD = "gen"
 
 ROOT_KEY_MISMATCH = "ROOT_KEY_MISMATCH"
+KEYRING_MISSING = "KEYRING_MISSING"
 KEYRING_CORRUPT = "KEYRING_CORRUPT"
 STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 
@@ -64,6 +74,25 @@ STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
 _INIT_SCRIPT = """
 if redis.call('HEXISTS', KEYS[1], 'root') == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+# Applies a keyring change computed from generation ARGV[1].
+# ARGV: expected gen, number of fields to set (n), n field/value pairs, then
+# fields to delete. Returns the new generation, or 0 if gen moved meanwhile.
+_CHANGE_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] then return 0 end
+local n = tonumber(ARGV[2])
+if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 3, 2 + 2 * n)) end
+if #ARGV > 2 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 3 + 2 * n)) end
+return redis.call('HINCRBY', KEYS[1], 'gen', 1)
+"""
+
+# Adds the audit MAC key to a keyring created before it existed, once.
+_ADD_AUDIT_SCRIPT = """
+if redis.call('HEXISTS', KEYS[1], 'audit:current') == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+redis.call('HINCRBY', KEYS[1], 'gen', 1)
 return 1
 """
 
@@ -78,6 +107,18 @@ def entry_field(kind: str, version: int) -> str:
 
 def current_field(kind: str) -> str:
     return f"{kind}:current"
+
+
+def last_field(kind: str) -> str:
+    return f"{kind}:last"
+
+
+def parse_entry_field(field: str) -> tuple[str, int] | None:
+    """(kind, version) of a key-version field, None for any other field."""
+    kind, _, version = field.partition(":")
+    if kind in KINDS and version.isdigit():
+        return kind, int(version)
+    return None
 
 
 @contextlib.contextmanager
@@ -96,7 +137,13 @@ class RootKeyProvider(Protocol):
     """Where the root key comes from. Production providers (custodian shares)
     raise FAILED_PRECONDITION while the vault is sealed."""
 
+    @property
+    def sealed(self) -> bool: ...
+
     async def root_key(self) -> RootKey: ...
+
+    def seal(self) -> None:
+        """Forget the root key (production: after the root was rotated elsewhere)."""
 
 
 class DevKeyFile:
@@ -112,6 +159,13 @@ class DevKeyFile:
     def __init__(self, path: Path) -> None:
         self._path = Path(path)
         self._key: RootKey | None = None
+
+    @property
+    def sealed(self) -> bool:
+        return False
+
+    def seal(self) -> None:
+        """A development vault cannot be sealed: the key is in the file."""
 
     async def root_key(self) -> RootKey:
         if self._key is None:
@@ -186,6 +240,12 @@ class KeySnapshot:
     fingerprint_keys: tuple[FingerprintKey, ...]  # current first
     sealing_keys: tuple[SealingKeyVersion, ...]  # current first
     signing_keys: tuple[SigningKeyVersion, ...]
+    audit_key: bytes
+
+    @property
+    def fingerprint_key(self) -> FingerprintKey:
+        """The current fingerprint key (new records and rewrap use it)."""
+        return self.fingerprint_keys[0]
 
     def kek_version(self, version: int) -> Kek | None:
         return self.keks.get(version)
@@ -210,6 +270,18 @@ class _Entry:
     material: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class EntryInfo:
+    """A key version's public facts, readable without the root key."""
+
+    kind: str
+    version: int
+    key_id: str
+    create_time: float
+    expire_time: float | None
+    supersede_time: float | None
+
+
 def _current_first(entries: list[_Entry], current: int) -> list[_Entry]:
     return sorted(entries, key=lambda e: (e.version != current, -e.version))
 
@@ -220,7 +292,7 @@ def _build_snapshot(generation: int, entries: list[_Entry],
     for entry in entries:
         by_kind[entry.kind].append(entry)
     keks = {e.version: Kek(e.version, e.material) for e in by_kind[KEK]}
-    if current[KEK] not in keks:
+    if current[KEK] not in keks or not by_kind[AUDIT]:
         raise Internal(KEYRING_CORRUPT, "the current key-encrypting key is missing")
     return KeySnapshot(
         generation=generation,
@@ -239,41 +311,86 @@ def _build_snapshot(generation: int, entries: list[_Entry],
             SigningKeyVersion(e.version, SigningKey.from_private_bytes(e.material), e.create_time)
             for e in _current_first(by_kind[SIGNING], current[SIGNING])
         ),
+        audit_key=_current_first(by_kind[AUDIT], current[AUDIT])[0].material,
     )
 
 
 def encode_entry(root: RootKey, kind: str, version: int, key_id: str, material: bytes,
                  create_time: float, expire_time: float | None = None) -> tuple[str, str]:
-    """(field, value) of one key version wrapped under ``root``; also for the key tool."""
+    """(field, value) of one key version wrapped under ``root``."""
     field = entry_field(kind, version)
     wrapped = root.wrap(material, field=field, key_id=key_id)
     value = json.dumps({"id": key_id, "ctime": create_time, "expire": expire_time,
-                        "wrapped": base64.b64encode(wrapped).decode()})
+                        "superseded": None, "wrapped": base64.b64encode(wrapped).decode()})
     return field, value
 
 
-def _decode_entry(root: RootKey, field: str, raw: str) -> _Entry:
-    kind, _, version = field.partition(":")
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def entry_info(field: str, raw: str) -> EntryInfo:
+    """The public facts of a stored entry (no unwrapping)."""
+    parsed = parse_entry_field(field)
+    if parsed is None:
+        raise ValueError(f"{field} is not a key version")
+    document: dict[str, Any] = json.loads(raw)
+    return EntryInfo(parsed[0], parsed[1], str(document["id"]), float(document["ctime"]),
+                     _optional_float(document.get("expire")),
+                     _optional_float(document.get("superseded")))
+
+
+def mark_superseded(raw: str, when: float, expire_time: float | None = None) -> str:
+    """The stored entry with a supersede time (and, for sealing keys, an expiry).
+
+    The wrapped material is untouched: only the JSON around it changes.
+    """
+    document: dict[str, Any] = json.loads(raw)
+    document["superseded"] = when
+    if expire_time is not None:
+        document["expire"] = expire_time
+    return json.dumps(document)
+
+
+def rewrap_entry(old: RootKey, new: RootKey, field: str, raw: str) -> str:
+    """The stored entry with its material rewrapped from ``old`` to ``new`` root."""
     document: dict[str, Any] = json.loads(raw)
     key_id = str(document["id"])
-    wrapped = base64.b64decode(document["wrapped"])
-    material = root.unwrap(wrapped, field=field, key_id=key_id)
-    expire = document.get("expire")
-    return _Entry(kind, int(version), key_id, float(document["ctime"]),
-                  None if expire is None else float(expire), material)
+    material = old.unwrap(base64.b64decode(document["wrapped"]), field=field, key_id=key_id)
+    document["wrapped"] = base64.b64encode(new.wrap(material, field=field, key_id=key_id)).decode()
+    return json.dumps(document)
 
 
-def _new_keyring_fields(root: RootKey, now: float) -> dict[str, str]:
-    sealing, signing = SealingKey.generate(), SigningKey.generate()
-    fields = dict(
-        [
-            encode_entry(root, KEK, 1, "kek-1", new_symmetric_key(), now),
-            encode_entry(root, FINGERPRINT, 1, "fp-1", new_symmetric_key(), now),
-            encode_entry(root, SEALING, 1, sealing.key_id, sealing.private_bytes(), now),
-            encode_entry(root, SIGNING, 1, signing.key_id, signing.private_bytes(), now),
-        ]
-    )
+def _decode_entry(root: RootKey, field: str, raw: str) -> _Entry:
+    info = entry_info(field, raw)
+    wrapped = base64.b64decode(json.loads(raw)["wrapped"])
+    material = root.unwrap(wrapped, field=field, key_id=info.key_id)
+    return _Entry(info.kind, info.version, info.key_id, info.create_time, info.expire_time,
+                  material)
+
+
+def new_key_material(kind: str) -> tuple[str, bytes]:
+    """(key id, material) of a fresh key of ``kind``; version-independent ids for
+    asymmetric keys (derived from the public key), None for symmetric ones."""
+    if kind == SEALING:
+        sealing = SealingKey.generate()
+        return sealing.key_id, sealing.private_bytes()
+    if kind == SIGNING:
+        signing = SigningKey.generate()
+        return signing.key_id, signing.private_bytes()
+    return "", new_symmetric_key()
+
+
+def new_version_entry(root: RootKey, kind: str, version: int, now: float) -> tuple[str, str]:
+    key_id, material = new_key_material(kind)
+    return encode_entry(root, kind, version, key_id or f"{kind}-{version}", material, now)
+
+
+def new_keyring_fields(root: RootKey, now: float) -> dict[str, str]:
+    """Every field of a fresh keyring: version 1 of each class, wrapped under ``root``."""
+    fields = dict(new_version_entry(root, kind, 1, now) for kind in KINDS)
     fields.update({current_field(kind): "1" for kind in KINDS})
+    fields.update({last_field(kind): "1" for kind in KINDS})
     fields[GENERATION_FIELD] = "1"
     fields[ROOT_FIELD] = root.key_id
     return fields
@@ -297,16 +414,56 @@ class Keyring:
     """
 
     def __init__(self, redis: Redis, *, prefix: str, root_keys: RootKeyProvider, clock: Clock,
-                 refresh_seconds: float = 1.0) -> None:
+                 refresh_seconds: float = 1.0, create_if_missing: bool = True) -> None:
         self._redis = redis
         self._key = keys_key(prefix)
         self._root_keys = root_keys
         self._clock = clock
         self._refresh_seconds = refresh_seconds
+        self._create_if_missing = create_if_missing
         self._snapshot: KeySnapshot | None = None
         self._checked_at = float("-inf")
         self._lock = asyncio.Lock()
         self._init_script = redis.register_script(_INIT_SCRIPT)
+        self._add_audit_script = redis.register_script(_ADD_AUDIT_SCRIPT)
+        self._change_script = redis.register_script(_CHANGE_SCRIPT)
+
+    @property
+    def key(self) -> str:
+        """The Redis hash holding the keyring."""
+        return self._key
+
+    @property
+    def root_keys(self) -> RootKeyProvider:
+        return self._root_keys
+
+    @property
+    def sealed(self) -> bool:
+        return self._root_keys.sealed
+
+    async def create(self, root: RootKey, extra: Mapping[str, str] | None = None) -> bool:
+        """Write a fresh keyring under ``root`` (plus ``extra`` fields) unless one
+        exists; True if written."""
+        fields = {**new_keyring_fields(root, self._clock.now()), **(extra or {})}
+        with redis_errors():
+            written = await self._init_script(keys=[self._key], args=_flatten(fields))
+        return bool(written)
+
+    async def change(self, generation: str, set_fields: Mapping[str, str],
+                     delete: Sequence[str] = ()) -> bool:
+        """Apply a change computed from keyring ``generation`` and bump ``gen``;
+        False (nothing written) if another change came first."""
+        args = [generation, str(len(set_fields)), *_flatten(set_fields), *delete]
+        with redis_errors():
+            moved = await self._change_script(keys=[self._key], args=args)
+        if moved:
+            await self.refresh()  # this process sees its own change at once
+        return bool(moved)
+
+    def invalidate(self) -> None:
+        """Drop the cached snapshot (after the root key changed, or a seal)."""
+        self._snapshot = None
+        self._checked_at = float("-inf")
 
     def _fresh(self) -> KeySnapshot | None:
         current = self._snapshot
@@ -342,25 +499,43 @@ class Keyring:
         with redis_errors():
             fields = await self._redis.hgetall(self._key)
             if not fields:
-                await self._init_script(keys=[self._key],
-                                        args=_flatten(_new_keyring_fields(root, self._clock.now())))
+                if not self._create_if_missing:
+                    raise FailedPrecondition(KEYRING_MISSING, "the vault is not initialized")
+                await self.create(root)
+                fields = await self._redis.hgetall(self._key)
+            if current_field(AUDIT) not in {_text(k) for k in fields}:
+                # A keyring from before the audit chain: add its MAC key once.
+                field, value = new_version_entry(root, AUDIT, 1, self._clock.now())
+                added = {field: value}
+                added.update({current_field(AUDIT): "1", last_field(AUDIT): "1"})
+                await self._add_audit_script(keys=[self._key], args=_flatten(added))
                 fields = await self._redis.hgetall(self._key)
         return self._parse(root, {_text(k): _text(v) for k, v in fields.items()})
 
     def _parse(self, root: RootKey, fields: dict[str, str]) -> KeySnapshot:
         if fields.get(ROOT_FIELD) != root.key_id:
+            # Production: another process rotated the root; this one must be
+            # unsealed again with the new shares.
+            self._root_keys.seal()
             raise Internal(ROOT_KEY_MISMATCH,
                            "the keyring in Redis is wrapped under another root key")
         try:
             entries = [
                 _decode_entry(root, field, value)
                 for field, value in fields.items()
-                if field.partition(":")[0] in KINDS and field.partition(":")[2] != "current"
+                if parse_entry_field(field) is not None
             ]
             current = {kind: int(fields[current_field(kind)]) for kind in KINDS}
             return _build_snapshot(int(fields[GENERATION_FIELD]), entries, current)
         except (DecryptionFailed, KeyError, ValueError):
             raise Internal(KEYRING_CORRUPT, "the keyring in Redis does not open") from None
+
+
+async def read_fields(redis: Redis, key: str) -> dict[str, str]:
+    """The keyring hash as text."""
+    with redis_errors():
+        fields = await redis.hgetall(key)
+    return {_text(k): _text(v) for k, v in fields.items()}
 
 
 def _flatten(fields: Mapping[str, str]) -> list[str]:

@@ -110,7 +110,7 @@ def _unreadable() -> InvalidArgument:
     return invalid_field(CIPHERTEXT_FIELD, "the sealed card does not open", SEALED_CARD_UNREADABLE)
 
 
-def _card_to_bytes(card: CardSecret) -> bytes:
+def card_to_bytes(card: CardSecret) -> bytes:
     message = vault_pb2.CardSecret(
         pan=card.pan, expiry_month=card.expiry_month, expiry_year=card.expiry_year,
         holder_name=card.holder_name, national_id=card.national_id, phone=card.phone,
@@ -118,7 +118,7 @@ def _card_to_bytes(card: CardSecret) -> bytes:
     return message.SerializeToString(deterministic=True)
 
 
-def _card_from_bytes(data: bytes) -> CardSecret:
+def card_from_bytes(data: bytes) -> CardSecret:
     message = vault_pb2.CardSecret.FromString(data)
     return CardSecret(message.pan, message.expiry_month, message.expiry_year,
                       message.holder_name, message.national_id, message.phone)
@@ -170,15 +170,25 @@ class VaultService:
         """Wire a service on one Redis client (``decode_responses=False``).
 
         Pass ``root_keys`` (production) or ``dev_key_file`` (development).
+        A production keyring is created by the init ceremony, never on first use.
         """
         if root_keys is None:
             if dev_key_file is None:
                 raise ValueError("give root_keys or dev_key_file")
             root_keys = DevKeyFile(dev_key_file)
         keyring = Keyring(redis, prefix=prefix, root_keys=root_keys, clock=clock,
-                          refresh_seconds=keyring_refresh_seconds)
+                          refresh_seconds=keyring_refresh_seconds,
+                          create_if_missing=dev_key_file is not None)
         return cls(store=VaultStore(redis, prefix=prefix), keyring=keyring,
-                   audit=AuditLog(redis, prefix=prefix), clock=clock)
+                   audit=AuditLog(redis, prefix=prefix, keyring=keyring), clock=clock)
+
+    @property
+    def store(self) -> VaultStore:
+        return self._store
+
+    @property
+    def audit(self) -> AuditSink:
+        return self._audit
 
     @property
     def keyring(self) -> Keyring:
@@ -229,7 +239,7 @@ class VaultService:
         keys = await self._keyring.snapshot()
         sealing, keys = await self._sealing_key(keys, key_id)
         card = self._open_sealed(sealing, tenant, sealed_ciphertext)
-        plaintext = _card_to_bytes(card)
+        plaintext = card_to_bytes(card)
         fingerprints = [(fk.version, fk.fingerprint(tenant, card.pan))
                         for fk in keys.fingerprint_keys]
         fp_keys = [self._store.fingerprint_key(tenant, v, fp) for v, fp in fingerprints]
@@ -274,7 +284,7 @@ class VaultService:
 
     def _open_sealed(self, sealing: SealingKeyVersion, tenant: str, sealed: bytes) -> CardSecret:
         try:
-            card = _card_from_bytes(sealing.key.open(sealed, tenant=tenant))
+            card = card_from_bytes(sealing.key.open(sealed, tenant=tenant))
         except (DecryptionFailed, DecodeError):
             raise _unreadable() from None
         return validate_card(card, self._clock.now(), field=CIPHERTEXT_FIELD)
@@ -332,7 +342,7 @@ class VaultService:
         kek = await self._kek(stored.envelope.kek_version)
         try:
             plaintext = kek.open(stored.envelope, tenant=tenant, token=token)
-            return stored, _card_from_bytes(plaintext)
+            return stored, card_from_bytes(plaintext)
         except (DecryptionFailed, DecodeError):
             raise Internal(RECORD_UNREADABLE, "a token record does not open") from None
 

@@ -30,7 +30,11 @@ ISSUERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "cardlink-gateway": (("*",), (*VAULT_PARTNER_SCOPES, "bank.core")),
     "cardlink-bank": (("*",), ("vault.tokens.get", "vault.tokens.detokenize",
                                "gateway.bank.events")),
+    # The bank's security team (the key tool): key administration, custodian
+    # shares, audit reads.
+    "cardlink-security": (("*",), ("vault.keys.admin", "vault.keys.unseal", "vault.audit.read")),
 }
+SECURITY_SCOPES = ISSUERS["cardlink-security"][1]
 
 
 @dataclass
@@ -47,6 +51,8 @@ class Identities:
     trust_file: Path
     clock: Clock
     issuers: dict[str, Issuer] = field(default_factory=dict)
+    # Further published keys per issuer (a signing key rotation in progress).
+    extra_keys: dict[str, list[Issuer]] = field(default_factory=dict)
 
     @classmethod
     def create(cls, folder: Path, clock: Clock) -> Identities:
@@ -60,7 +66,9 @@ class Identities:
         write_trust_store(
             self.trust_file,
             {
-                name: TrustedIssuer([public_jwk(i.key, i.kid)], *ISSUERS[name])
+                name: TrustedIssuer(
+                    [public_jwk(k.key, k.kid) for k in [i, *self.extra_keys.get(name, [])]],
+                    *ISSUERS[name])
                 for name, i in self.issuers.items()
             },
         )

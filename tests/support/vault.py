@@ -10,20 +10,21 @@ from pathlib import Path
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from cardlink.vault.v1 import vault_pb2, vault_pb2_grpc
+from cardlink.vault.v1 import admin_pb2_grpc, vault_pb2, vault_pb2_grpc
 from clients.sealing import SealingKeyCache, seal_card
 from common.clock import ManualClock
-from tests.support.identities import Identities
+from tests.support.identities import SECURITY_SCOPES, Identities
 from vault.app import RunningVault, start_vault
 from vault.config import VaultConfig, VaultMode
 
 
-def vault_config(redis_url: str, prefix: str, folder: Path, trust_file: Path) -> VaultConfig:
+def vault_config(redis_url: str, prefix: str, folder: Path, trust_file: Path,
+                 mode: VaultMode = VaultMode.DEV) -> VaultConfig:
     return VaultConfig(
         listen="127.0.0.1:0",
         redis_url=redis_url,
         redis_prefix=prefix,
-        mode=VaultMode.DEV,
+        mode=mode,
         key_file=folder / "vault-root.key",
         trust_file=trust_file,
         audience="cardlink-vault",
@@ -32,6 +33,7 @@ def vault_config(redis_url: str, prefix: str, folder: Path, trust_file: Path) ->
         grace_shutdown_s=0.5,
         log_level="INFO",
         log_json=False,
+        key_settle_s=30.0,
     )
 
 
@@ -45,6 +47,13 @@ class VaultHandle:
     identities: Identities
     clock: ManualClock
     config: VaultConfig
+
+    @property
+    def admin(self) -> admin_pb2_grpc.KeyAdminAsyncStub:
+        return admin_pb2_grpc.KeyAdminStub(self.channel)
+
+    def security(self, scopes: tuple[str, ...] = SECURITY_SCOPES) -> tuple[tuple[str, str], ...]:
+        return self.identities.metadata("cardlink-security", "security", scopes)
 
     @property
     def address(self) -> str:
@@ -75,10 +84,14 @@ class VaultHandle:
 
 
 @asynccontextmanager
-async def running_vault(redis_url: str, prefix: str, folder: Path) -> AsyncIterator[VaultHandle]:
-    clock = ManualClock(start=1_800_000_000.0)  # 2027-01-15
-    identities = Identities.create(folder, clock)
-    config = vault_config(redis_url, prefix, folder, identities.trust_file)
+async def running_vault(redis_url: str, prefix: str, folder: Path, *,
+                        mode: VaultMode = VaultMode.DEV, clock: ManualClock | None = None,
+                        identities: Identities | None = None) -> AsyncIterator[VaultHandle]:
+    """A vault on loopback. Pass the clock and identities of an earlier one to
+    restart "the same" vault (same folder, prefix and trust file)."""
+    clock = clock or ManualClock(start=1_800_000_000.0)  # 2027-01-15
+    identities = identities or Identities.create(folder, clock)
+    config = vault_config(redis_url, prefix, folder, identities.trust_file, mode)
     vault = await start_vault(config, clock)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{vault.port}")
     try:

@@ -8,6 +8,7 @@
   DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM.
 - ``SigningKey.sign_key_set`` / ``verify_key_set``: Ed25519 over the key set.
 - ``RootKey.wrap/unwrap``: versioned key material at rest in Redis.
+- ``AuditMacKey.mac``: the audit log's keyed hash chain (HMAC-SHA256).
 
 Every failure to open raises :class:`DecryptionFailed`; nothing returns None.
 """
@@ -24,6 +25,7 @@ from vault.crypto._asymmetric import (
 )
 from vault.crypto._errors import CryptoError, DecryptionFailed, SignatureInvalid
 from vault.crypto._symmetric import (
+    AuditMacKey,
     Envelope,
     FingerprintKey,
     Kek,
@@ -36,6 +38,7 @@ __all__ = [
     "AEAD_ID",
     "KDF_ID",
     "KEM_ID",
+    "AuditMacKey",
     "CryptoError",
     "DecryptionFailed",
     "Envelope",

@@ -8,6 +8,7 @@ the wrong record by accident.
 
 from __future__ import annotations
 
+import hmac as _hmac
 import os
 from dataclasses import dataclass
 
@@ -205,3 +206,38 @@ class FingerprintKey:
 
     def __repr__(self) -> str:
         return f"FingerprintKey(version={self.version})"
+
+
+AUDIT_LABEL = b"cardlink.vault.v1 audit entry"
+
+
+class AuditMacKey:
+    """The audit log's chain MAC: HMAC-SHA256 over (label, previous MAC, entry).
+
+    Each entry's MAC covers the previous entry's MAC, so altering, removing,
+    inserting or reordering an entry breaks every MAC from there on, and
+    nobody without the key can forge a replacement chain.
+    """
+
+    __slots__ = ("_base",)
+
+    def __init__(self, key: bytes) -> None:
+        # Keyed once; each MAC copies the keyed context (cheap on the hot path).
+        self._base = hmac.HMAC(_check_key(key), hashes.SHA256())
+
+    def mac(self, previous: str, entry: bytes) -> str:
+        """Hex MAC of ``entry`` chained to the hex MAC ``previous`` ('' for the first)."""
+        mac = self._base.copy()
+        mac.update(_join(AUDIT_LABEL, previous.encode("ascii")) + b"\x00" + entry)
+        return mac.finalize().hex()
+
+    def verify(self, previous: str, entry: bytes, claimed: str) -> bool:
+        """Constant-time check of a stored MAC."""
+        return _compare(self.mac(previous, entry), claimed)
+
+    def __repr__(self) -> str:
+        return "AuditMacKey()"
+
+
+def _compare(a: str, b: str) -> bool:
+    return _hmac.compare_digest(a.encode("ascii", "replace"), b.encode("ascii", "replace"))

@@ -1,0 +1,130 @@
+"""Argument parsing, credentials and the error boundary of the key tool."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from clients.keytool import _commands, _exit
+from clients.keytool._output import Output
+from common.auth import TokenMinter, bearer_interceptors, load_private_key_pem
+from common.clock import SystemClock
+from common.grpc_errors import error_from_rpc
+
+SCOPES = ("vault.keys.admin", "vault.keys.unseal", "vault.audit.read")
+KINDS = {"kek": 1, "fp": 2, "fingerprint": 2, "seal": 3, "sealing": 3, "sign": 4, "signing": 4}
+
+ENVIRONMENT = """environment (flags win):
+  CARDLINK_KEYTOOL_ADDRESS   vault address (default 127.0.0.1:7001)
+  CARDLINK_KEYTOOL_KEY_FILE  PEM private key the tool signs its JWTs with
+  CARDLINK_KEYTOOL_KID       key id of that key in the vault's trust store
+  CARDLINK_KEYTOOL_ISSUER    issuer name in the trust store (default cardlink-security)
+  CARDLINK_KEYTOOL_SUBJECT   who you are, recorded in the audit log (default $USER)
+  CARDLINK_KEYTOOL_TOKEN     a ready-made bearer JWT instead of the key file
+  CARDLINK_VAULT_AUDIENCE    JWT audience (default cardlink-vault)
+
+exit codes: 0 ok, 1 refused by the vault, 2 usage, 3 vault unreachable,
+4 vault sealed, 5 audit chain broken, 6 not confirmed, 7 credential refused,
+8 rewrap incomplete"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(
+        prog="cardlink-keytool", description="CardLink vault key administration.",
+        epilog=ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--address", default=env("CARDLINK_KEYTOOL_ADDRESS", "127.0.0.1:7001"))
+    parser.add_argument("--key-file", default=env("CARDLINK_KEYTOOL_KEY_FILE"))
+    parser.add_argument("--kid", default=env("CARDLINK_KEYTOOL_KID"))
+    parser.add_argument("--issuer", default=env("CARDLINK_KEYTOOL_ISSUER", "cardlink-security"))
+    parser.add_argument("--subject", default=env("CARDLINK_KEYTOOL_SUBJECT",
+                                                 env("USER", "security-officer")))
+    parser.add_argument("--token", default=env("CARDLINK_KEYTOOL_TOKEN"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--audience", default=env("CARDLINK_VAULT_AUDIENCE", "cardlink-vault"))
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--yes", action="store_true", help="confirm destructive steps")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("status", help="key versions, records per version, seal and rewrap state")
+    rotate = sub.add_parser("rotate", help="make a new version of KIND current")
+    rotate.add_argument("kind", choices=sorted(KINDS))
+    rewrap = sub.add_parser("rewrap", help="move records to the current keys (resumable)")
+    rewrap.add_argument("--batch", type=int, default=500)
+    rewrap.add_argument("--limit", type=int, default=0, help="stop after this many records")
+    retire = sub.add_parser("retire", help="destroy KIND VERSION (refused while needed)")
+    retire.add_argument("kind", choices=sorted(KINDS))
+    retire.add_argument("version", type=int)
+    init = sub.add_parser("init", help="production: create the root key and its shares")
+    _share_parameters(init)
+    init.add_argument("--out-dir", type=Path, help="write one share file per custodian here")
+    unseal = sub.add_parser("unseal", help="submit your share (prompted if no file)")
+    unseal.add_argument("--share-file", type=Path)
+    rekey = sub.add_parser("rekey", help="submit your share toward new shares (same root)")
+    _share_parameters(rekey)
+    rekey.add_argument("--rotate-root", action="store_true",
+                       help="also replace the root key (the keyring is rewrapped)")
+    rekey.add_argument("--share-file", type=Path)
+    rekey.add_argument("--out-dir", type=Path)
+    audit = sub.add_parser("audit", help="verify or export the audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    audit_sub.add_parser("verify", help="check the keyed hash chain")
+    export = audit_sub.add_parser("export", help="JSON lines, to --out or stdout")
+    export.add_argument("--out", type=Path)
+    export.add_argument("--from-seq", type=int, default=0)
+    keygen = sub.add_parser("keygen", help="new tool key pair; prints the JWK to publish")
+    keygen.add_argument("--out", type=Path, required=True)
+    return parser
+
+
+def _share_parameters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threshold", "-k", type=int, required=True, help="shares needed")
+    parser.add_argument("--shares", "-n", type=int, required=True, help="shares issued")
+
+
+def _bearer(args: argparse.Namespace) -> str:
+    if args.token:
+        return str(args.token)
+    if not args.key_file or not args.kid:
+        raise _commands.UsageError("give --key-file and --kid (or CARDLINK_KEYTOOL_KEY_FILE "
+                                   "and CARDLINK_KEYTOOL_KID)")
+    minter = TokenMinter(load_private_key_pem(args.key_file), args.kid, args.issuer,
+                         args.audience, SystemClock())
+    return minter.mint(args.subject, "security", SCOPES, ttl=600)
+
+
+async def _run(args: argparse.Namespace, out: Output) -> int:
+    if args.command == "keygen":
+        return _commands.keygen(args, out)
+    token = _bearer(args)
+    async with grpc.aio.insecure_channel(
+            args.address, interceptors=bearer_interceptors(lambda: token)) as channel:
+        return await _commands.dispatch(args, channel, out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    out = Output(json_mode=args.json)
+    args.kind_value = KINDS.get(getattr(args, "kind", ""), 0)
+    try:
+        return asyncio.run(_run(args, out))
+    except _commands.UsageError as error:
+        out.error(str(error))
+        return _exit.USAGE
+    except grpc.aio.AioRpcError as rpc:
+        refusal = error_from_rpc(rpc)
+        out.error(f"{refusal.reason}: {rpc.details()}", code=rpc.code().name,
+                  reason=refusal.reason, metadata=dict(refusal.metadata))
+        return _exit.for_status(rpc.code(), refusal.reason)
+    except KeyboardInterrupt:
+        out.error("interrupted (a rewrap resumes where it stopped when run again)")
+        return _exit.INCOMPLETE
+    except OSError as error:
+        out.error(str(error))
+        return _exit.USAGE

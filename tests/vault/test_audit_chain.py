@@ -1,0 +1,145 @@
+"""The audit log's keyed hash chain: any one altered, deleted, inserted or
+reordered entry in Redis is reported at that entry."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+
+from cardlink.vault.v1 import admin_pb2, vault_pb2
+from tests.support.cards import card, numbered_card
+from tests.support.vault import VaultHandle
+from vault.audit import audit_key
+
+ENTRIES = 12
+AT = 5
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+async def make_entries(vault: VaultHandle) -> str:
+    created = await vault.stub.TokenizeCard(vault_pb2.TokenizeCardRequest(
+        parent="tenants/acme", sealed_card=await vault.seal(card())), metadata=vault.partner())
+    name = created.token.name
+    for i in range(ENTRIES):
+        await vault.stub.DetokenizeToken(vault_pb2.DetokenizeTokenRequest(
+            name=name, reason=f"check {i}"), metadata=vault.bank())
+    return name
+
+
+async def verify(vault: VaultHandle) -> admin_pb2.AuditVerification:
+    return await vault.admin.VerifyAudit(admin_pb2.VerifyAuditRequest(),
+                                         metadata=vault.security())
+
+
+async def rewrite(client: aioredis.Redis, key: str,
+                  change: Callable[[list[Entry]], list[Entry]]) -> list[Any]:
+    """Replace the stream by ``change(entries)``, with fresh ids; returns the ids."""
+    entries: Any = await client.xrange(key)
+    changed = change([(i, dict(f)) for i, f in entries])
+    await client.delete(key)
+    ids = []
+    for n, (_, fields) in enumerate(changed, start=1):
+        ids.append(await client.xadd(key, fields, id=f"1-{n}"))  # type: ignore[arg-type]
+    return ids
+
+
+def altered(entries: list[Entry]) -> list[Entry]:
+    entries[AT][1][b"reason"] = b"nothing to see"
+    return entries
+
+
+def deleted(entries: list[Entry]) -> list[Entry]:
+    return entries[:AT] + entries[AT + 1:]
+
+
+def inserted_forgery(entries: list[Entry]) -> list[Entry]:
+    forged = dict(entries[AT][1])
+    forged[b"caller"] = b"someone-else"
+    return [*entries[:AT], (b"", forged), *[(i, f) for i, f in entries[AT:]]]
+
+
+def inserted_copy(entries: list[Entry]) -> list[Entry]:
+    return [*entries[:AT], entries[AT - 1], *entries[AT:]]
+
+
+def reordered(entries: list[Entry]) -> list[Entry]:
+    entries[AT], entries[AT + 1] = entries[AT + 1], entries[AT]
+    return entries
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    (altered, "ALTERED"),
+    (deleted, "MISSING_OR_REORDERED"),
+    (inserted_forgery, "ALTERED"),
+    (inserted_copy, "INSERTED_OR_REORDERED"),
+    (reordered, "MISSING_OR_REORDERED"),
+])
+async def test_tampering_is_reported_at_that_entry(
+        vault: VaultHandle, redis_client: aioredis.Redis,
+        change: Callable[[list[Entry]], list[Entry]], problem: str) -> None:
+    await make_entries(vault)
+    clean = await verify(vault)
+    assert clean.ok and clean.verified == clean.head_seq == ENTRIES
+    ids = await rewrite(redis_client, audit_key(vault.config.redis_prefix), change)
+    result = await verify(vault)
+    assert not result.ok
+    assert (result.problem, result.verified, result.expected_seq) == (problem, AT, AT + 1)
+    assert result.entry_id == ids[AT].decode()
+
+
+async def test_truncated_tail_is_reported(vault: VaultHandle,
+                                          redis_client: aioredis.Redis) -> None:
+    await make_entries(vault)
+    await rewrite(redis_client, audit_key(vault.config.redis_prefix), lambda e: e[:-1])
+    result = await verify(vault)
+    assert (result.ok, result.problem, result.verified) == (False, "TRUNCATED", ENTRIES - 1)
+
+
+async def test_concurrent_appends_form_one_chain(vault: VaultHandle) -> None:
+    names = []
+    for n in range(5):
+        created = await vault.stub.TokenizeCard(vault_pb2.TokenizeCardRequest(
+            parent="tenants/acme", sealed_card=await vault.seal(numbered_card(n))),
+            metadata=vault.partner())
+        names.append(created.token.name)
+    await asyncio.gather(*(vault.stub.DetokenizeToken(vault_pb2.DetokenizeTokenRequest(
+        name=names[i % 5], reason="parallel"), metadata=vault.bank()) for i in range(300)))
+    result = await verify(vault)
+    assert result.ok and result.verified == 300
+
+
+async def test_refused_calls_and_key_operations_are_audited_without_pans(
+        vault: VaultHandle) -> None:
+    name = await make_entries(vault)
+    with pytest.raises(grpc.aio.AioRpcError):  # a partner may not detokenize
+        await vault.stub.DetokenizeToken(vault_pb2.DetokenizeTokenRequest(
+            name=name, reason="peek"), metadata=vault.partner())
+    with pytest.raises(grpc.aio.AioRpcError):  # no credential at all
+        await vault.admin.RotateKey(admin_pb2.RotateKeyRequest(kind=admin_pb2.KEY_KIND_KEK))
+    await vault.admin.RotateKey(admin_pb2.RotateKeyRequest(kind=admin_pb2.KEY_KIND_KEK),
+                                metadata=vault.security())
+    await vault.stub.DeleteToken(vault_pb2.DeleteTokenRequest(name=name),
+                                 metadata=vault.partner())
+    records = [r async for r in vault.admin.ExportAudit(admin_pb2.ExportAuditRequest(),
+                                                         metadata=vault.security())]
+    actions = [(r.fields["action"], r.fields["result"]) for r in records]
+    assert ("call.refused", "SCOPE_MISSING") in actions
+    assert ("call.refused", "TOKEN_MISSING") in actions
+    assert ("key.rotate", "OK") in actions and ("delete", "OK") in actions
+    refused = next(r for r in records if r.fields["result"] == "SCOPE_MISSING")
+    assert refused.fields["caller"].startswith("unverified:acme-partner")
+    assert refused.fields["reason"].endswith("/DetokenizeToken")
+    secret = card()
+    text = repr([dict(r.fields) for r in records])
+    for value in (secret.pan, secret.national_id, secret.phone, secret.holder_name):
+        assert value not in text
+    assert (await verify(vault)).ok
+    later = [r async for r in vault.admin.ExportAudit(admin_pb2.ExportAuditRequest(start_seq=5),
+                                                       metadata=vault.security())]
+    assert [int(r.fields["seq"]) for r in later] == list(range(5, len(records) + 1))

@@ -1,0 +1,205 @@
+"""Production mode: init splits the root into SLIP-39 shares; k custodians unseal."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from shamir_mnemonic import Share
+
+from cardlink.vault.v1 import admin_pb2, vault_pb2
+from common.clock import ManualClock
+from common.grpc_errors import error_from_rpc
+from tests.support.cards import card
+from tests.support.identities import Identities
+from tests.support.vault import VaultHandle, running_vault
+from vault.audit import audit_key
+from vault.config import VaultMode
+from vault.unseal import split_root
+
+K, N = 3, 5
+
+
+@asynccontextmanager
+async def production(redis_url: str, prefix: str, folder: Path, clock: ManualClock,
+                     identities: Identities) -> AsyncIterator[VaultHandle]:
+    async with running_vault(redis_url, prefix, folder, mode=VaultMode.PRODUCTION, clock=clock,
+                             identities=identities) as handle:
+        yield handle
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> tuple[ManualClock, Identities]:
+    clock = ManualClock(start=1_800_000_000.0)
+    return clock, Identities.create(tmp_path, clock)
+
+
+async def unseal(vault: VaultHandle, share: str) -> admin_pb2.SealStatus:
+    return await vault.admin.Unseal(admin_pb2.UnsealRequest(share=share),
+                                    metadata=vault.security())
+
+
+async def refused(vault: VaultHandle, share: str) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await unseal(vault, share)
+    return str(error_from_rpc(caught.value).reason)
+
+
+async def init(vault: VaultHandle) -> list[str]:
+    reply = await vault.admin.InitRoot(admin_pb2.InitRootRequest(threshold=K, share_count=N),
+                                       metadata=vault.security())
+    assert reply.seal.sealed and reply.seal.initialized
+    return list(reply.shares)
+
+
+async def tokenize(vault: VaultHandle) -> str:
+    reply = await vault.stub.TokenizeCard(vault_pb2.TokenizeCardRequest(
+        parent="tenants/acme", sealed_card=await vault.seal(card())), metadata=vault.partner())
+    return reply.token.name
+
+
+async def detokenize(vault: VaultHandle, name: str) -> vault_pb2.CardSecret:
+    reply = await vault.stub.DetokenizeToken(vault_pb2.DetokenizeTokenRequest(
+        name=name, reason="check"), metadata=vault.bank())
+    return reply.card
+
+
+async def sealed_reason(vault: VaultHandle) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await vault.stub.GetSealingKeySet(vault_pb2.GetSealingKeySetRequest())
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    return error_from_rpc(caught.value).reason
+
+
+def forged_share(genuine: str) -> str:
+    """A well-formed share of the same set (valid checksum) with a wrong value."""
+    s = Share.from_mnemonic(genuine)
+    return str(Share(s.identifier, s.extendable, s.iteration_exponent, s.group_index,
+                 s.group_threshold, s.group_count, (s.index + 7) % 16, s.member_threshold,
+                 os.urandom(len(s.value))).mnemonic())
+
+
+async def test_sealed_until_k_valid_shares_and_sealed_again_after_restart(
+        redis_url: str, key_prefix: str, tmp_path: Path, world: tuple[ManualClock, Identities],
+        redis_client: aioredis.Redis) -> None:
+    clock, identities = world
+    async with production(redis_url, key_prefix, tmp_path, clock, identities) as vault:
+        assert await sealed_reason(vault) == "VAULT_SEALED"
+        health = health_pb2_grpc.HealthStub(vault.channel)
+        checked = await health.Check(health_pb2.HealthCheckRequest(
+            service="cardlink.vault.v1.TokenVault"))
+        assert checked.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        shares = await init(vault)
+        assert len(shares) == N and len(set(shares)) == N
+        with pytest.raises(grpc.aio.AioRpcError) as again:
+            await init(vault)
+        assert again.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+        # k-1 shares: still sealed.
+        assert (await unseal(vault, shares[0])).progress == 1
+        state = await unseal(vault, shares[1])
+        assert state.sealed and state.progress == 2 and state.threshold == K
+        # Wrong shares: refused, clearly, and counted.
+        other_set = split_root(os.urandom(32), K, N)[0]
+        assert await refused(vault, other_set[0]) == "SHARE_WRONG_SET"
+        garbled = shares[2].split()
+        garbled[5] = "academic" if garbled[5] != "academic" else "acid"
+        assert await refused(vault, " ".join(garbled)) == "SHARE_INVALID"
+        assert await refused(vault, shares[1]) == "SHARE_DUPLICATE"
+        # A forged share of this set completes k but does not rebuild the root.
+        assert await refused(vault, forged_share(shares[0])) == "SHARE_MISMATCH"
+        state = await vault.admin.GetSealStatus(admin_pb2.GetSealStatusRequest(),
+                                                metadata=vault.security())
+        assert state.sealed and state.progress == 0 and state.refused_shares == 4
+        assert await sealed_reason(vault) == "VAULT_SEALED"
+
+        # k good shares (any k): open.
+        for share in (shares[4], shares[0]):
+            assert (await unseal(vault, share)).sealed
+        assert not (await unseal(vault, shares[2])).sealed
+        checked = await health.Check(health_pb2.HealthCheckRequest(
+            service="cardlink.vault.v1.TokenVault"))
+        assert checked.status == health_pb2.HealthCheckResponse.SERVING
+        name = await tokenize(vault)
+        assert (await detokenize(vault, name)).pan == card().pan
+        # Unseal attempts while sealed were audited once the audit key was available.
+        audited: Any = await redis_client.xrange(audit_key(key_prefix))
+        actions = [(e[b"action"], e[b"result"]) for _, e in audited]
+        assert (b"root.unseal", b"SHARE_WRONG_SET") in actions
+        assert (b"root.unseal", b"OK") in actions
+
+    # Nothing about the root is on disk: the folder holds the trust store only.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trust.json"]  # noqa: ASYNC240
+    async with production(redis_url, key_prefix, tmp_path, clock, identities) as vault:
+        assert await sealed_reason(vault) == "VAULT_SEALED"
+        for share in shares[1:4]:
+            state = await unseal(vault, share)
+        assert not state.sealed
+        assert (await detokenize(vault, name)).pan == card().pan
+
+
+async def test_rekey_and_rotate_root_need_k_custodians(
+        redis_url: str, key_prefix: str, tmp_path: Path,
+        world: tuple[ManualClock, Identities], redis_client: aioredis.Redis) -> None:
+    clock, identities = world
+    async with production(redis_url, key_prefix, tmp_path, clock, identities) as vault:
+        shares = await init(vault)
+        for share in shares[:K]:
+            await unseal(vault, share)
+        name = await tokenize(vault)
+
+        # Rekey to 2-of-3: same root, new shares; k-1 submissions do nothing yet.
+        for share in shares[:K - 1]:
+            step = await vault.admin.RekeyRoot(admin_pb2.RekeyRootRequest(
+                share=share, threshold=2, share_count=3), metadata=vault.security())
+            assert not step.complete and not step.shares
+        done = await vault.admin.RekeyRoot(admin_pb2.RekeyRootRequest(
+            share=shares[K - 1], threshold=2, share_count=3), metadata=vault.security())
+        assert done.complete and len(done.shares) == 3
+        rekeyed = list(done.shares)
+        root_id = done.root_key_id
+
+        # Rotate the root with 2 of the new shares: the keyring is rewrapped.
+        step = await vault.admin.RotateRoot(admin_pb2.RotateRootRequest(
+            share=rekeyed[0], threshold=2, share_count=2), metadata=vault.security())
+        assert not step.complete
+        rotated = await vault.admin.RotateRoot(admin_pb2.RotateRootRequest(
+            share=rekeyed[2], threshold=2, share_count=2), metadata=vault.security())
+        assert rotated.complete and rotated.root_key_id != root_id
+        newest = list(rotated.shares)
+        assert (await detokenize(vault, name)).pan == card().pan
+        stored_root = await redis_client.hget(f"{key_prefix}:vault:keys", "root")
+        assert stored_root == rotated.root_key_id.encode()
+
+    async with production(redis_url, key_prefix, tmp_path, clock, identities) as vault:
+        # The original and the rekeyed shares belong to superseded sets.
+        assert await refused(vault, shares[0]) == "SHARE_WRONG_SET"
+        assert await refused(vault, rekeyed[1]) == "SHARE_WRONG_SET"
+        await unseal(vault, newest[0])
+        assert not (await unseal(vault, newest[1])).sealed
+        assert (await detokenize(vault, name)).pan == card().pan
+        verified = await vault.admin.VerifyAudit(admin_pb2.VerifyAuditRequest(),
+                                                 metadata=vault.security())
+        assert verified.ok, verified  # the chain survives a root rotation
+
+
+async def test_dev_mode_has_no_shares(vault: VaultHandle) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await unseal(vault, "anything")
+    assert error_from_rpc(caught.value).reason == "DEV_MODE"
+    state = await vault.admin.GetSealStatus(admin_pb2.GetSealStatusRequest(),
+                                            metadata=vault.security())
+    assert not state.sealed and state.mode == "dev"
+
+
+async def test_unseal_needs_the_custodian_scope(vault: VaultHandle) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await vault.admin.Unseal(admin_pb2.UnsealRequest(share="x"), metadata=vault.partner())
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -1,0 +1,177 @@
+"""The security team's operations on the vault's keys, each one audited.
+
+Composes the key lifecycle (rotate, retire, destroy expired), the rewrap job,
+the production unseal ceremonies and the audit log. Plain async Python: the
+gRPC transport is ``vault.admin_servicer``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from common.clock import Clock
+from common.errors import CardLinkError, FailedPrecondition
+from vault.audit import (
+    KEY_DESTROY,
+    KEY_RETIRE,
+    KEY_REWRAP,
+    KEY_ROTATE,
+    RESULT_OK,
+    ROOT_INIT,
+    ROOT_REKEY,
+    ROOT_ROTATE,
+    ROOT_UNSEAL,
+    AuditEntry,
+    AuditLog,
+    Verification,
+)
+from vault.keyring import EntryInfo, Keyring
+from vault.lifecycle import KeyLifecycle, KeyringStatus
+from vault.rewrap import Rewrapper, RewrapProgress
+from vault.service import Actor
+from vault.unseal import REKEY, ROTATE_ROOT, CeremonyOutcome, SealState, ShamirRootKeys
+
+DEV_MODE = "DEV_MODE"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class AdminStatus:
+    keyring: KeyringStatus
+    seal: SealState
+    rewrap: RewrapProgress
+
+
+class KeyAdminService:
+    """Key administration; ``unsealer`` is None in development mode."""
+
+    def __init__(self, *, keyring: Keyring, lifecycle: KeyLifecycle, rewrapper: Rewrapper,
+                 audit: AuditLog, clock: Clock, unsealer: ShamirRootKeys | None) -> None:
+        self._keyring = keyring
+        self._lifecycle = lifecycle
+        self._rewrapper = rewrapper
+        self._audit = audit
+        self._clock = clock
+        self._unsealer = unsealer
+        self._on_unseal: list[Callable[[], Awaitable[None]]] = []
+
+    @property
+    def mode(self) -> str:
+        return "dev" if self._unsealer is None else "production"
+
+    def on_unseal(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run ``callback`` each time this process becomes unsealed."""
+        self._on_unseal.append(callback)
+
+    async def _audited(self, action: str, actor: Actor, detail: str,
+                       operation: Callable[[], Awaitable[T]]) -> T:
+        try:
+            result = await operation()
+        except CardLinkError as error:
+            await self._record(action, actor, error.reason, detail)
+            raise
+        await self._record(action, actor, RESULT_OK, detail)
+        return result
+
+    async def _record(self, action: str, actor: Actor, result: str, detail: str) -> None:
+        await self._audit.append(AuditEntry(action=action, caller=actor.caller, tenant="",
+                                            token="", result=result, time=self._clock.now(),
+                                            reason=detail, request_id=actor.request_id))
+
+    # --- keys ----------------------------------------------------------------------
+
+    async def status(self) -> AdminStatus:
+        await self.destroy_expired()
+        return AdminStatus(await self._lifecycle.status(), await self.seal_state(),
+                           await self._rewrapper.progress())
+
+    async def rotate(self, kind: str, actor: Actor) -> EntryInfo:
+        info = await self._audited(KEY_ROTATE, actor, f"kind={kind}",
+                                   lambda: self._lifecycle.rotate(kind))
+        await self.destroy_expired()
+        return info
+
+    async def retire(self, kind: str, version: int, actor: Actor) -> EntryInfo:
+        return await self._audited(KEY_RETIRE, actor, f"kind={kind} version={version}",
+                                   lambda: self._lifecycle.retire(kind, version))
+
+    async def destroy_expired(self) -> list[EntryInfo]:
+        """Destroy sealing keys past their grace period (audited when any were)."""
+        if self._keyring.sealed:
+            return []
+        destroyed = await self._lifecycle.destroy_expired()
+        for info in destroyed:
+            await self._record(KEY_DESTROY, Actor("vault"), RESULT_OK,
+                               f"kind={info.kind} version={info.version} key_id={info.key_id}")
+        return destroyed
+
+    async def rewrap(self, batch_size: int, limit: int,
+                     actor: Actor) -> AsyncIterator[RewrapProgress]:
+        last: RewrapProgress | None = None
+        try:
+            async for progress in self._rewrapper.run(batch_size, limit):
+                last = progress
+                yield progress
+        except CardLinkError as error:
+            await self._record(KEY_REWRAP, actor, error.reason, _rewrap_detail(last))
+            raise
+        await self._record(KEY_REWRAP, actor, RESULT_OK, _rewrap_detail(last))
+
+    # --- root and seal -------------------------------------------------------------
+
+    def _require_production(self) -> ShamirRootKeys:
+        if self._unsealer is None:
+            raise FailedPrecondition(DEV_MODE, "development mode has no custodian shares "
+                                     "(set CARDLINK_VAULT_MODE=production)")
+        return self._unsealer
+
+    async def seal_state(self) -> SealState:
+        if self._unsealer is None:
+            return SealState(False, True, 0, 0, 0, 0)
+        return await self._unsealer.state()
+
+    async def init(self, threshold: int, count: int, actor: Actor) -> tuple[list[str], SealState]:
+        unsealer = self._require_production()
+        shares = await self._audited(ROOT_INIT, actor, f"threshold={threshold} shares={count}",
+                                     lambda: unsealer.init(threshold, count))
+        return shares, await unsealer.state()
+
+    async def unseal(self, share: str, actor: Actor) -> SealState:
+        unsealer = self._require_production()
+        state = await self._audited(ROOT_UNSEAL, actor, "one share",
+                                    lambda: unsealer.unseal(share))
+        if not state.sealed:
+            await self._audit.flush_backlog()
+            for callback in self._on_unseal:
+                await callback()
+        return state
+
+    async def rekey(self, share: str, threshold: int, count: int,
+                    actor: Actor) -> CeremonyOutcome:
+        unsealer = self._require_production()
+        return await self._audited(ROOT_REKEY, actor, f"threshold={threshold} shares={count}",
+                                   lambda: unsealer.ceremony(REKEY, share, threshold, count))
+
+    async def rotate_root(self, share: str, threshold: int, count: int,
+                          actor: Actor) -> CeremonyOutcome:
+        unsealer = self._require_production()
+        return await self._audited(ROOT_ROTATE, actor, f"threshold={threshold} shares={count}",
+                                   lambda: unsealer.ceremony(ROTATE_ROOT, share, threshold,
+                                                             count))
+
+    # --- audit -----------------------------------------------------------------------
+
+    async def verify_audit(self) -> Verification:
+        return await self._audit.verify()
+
+    def export_audit(self, start_seq: int) -> AsyncIterator[tuple[str, dict[str, str]]]:
+        return self._audit.entries(start_seq)
+
+
+def _rewrap_detail(progress: RewrapProgress | None) -> str:
+    if progress is None:
+        return "not started"
+    return (f"done={progress.done} total={progress.total} complete={progress.complete} "
+            f"kek={progress.target_kek_version} fp={progress.target_fingerprint_version}")

@@ -1,0 +1,299 @@
+"""Production root key: split knowledge and dual control with SLIP-39 shares.
+
+The root key never touches disk in clear. ``init`` generates it, writes the
+keyring wrapped under it, and splits it with ``shamir_mnemonic`` (SLIP-39,
+Shamir secret sharing over GF(256) with a digest and an RS1024 checksum per
+share) into n custodian shares, any k of which rebuild it. The vault keeps
+only the share set's public facts in the keyring hash: its SLIP-39
+identifier, k, n, and the root key id (a keyed hash of the root, so a
+rebuilt root can be checked without storing anything secret).
+
+A vault process starts sealed and holds the root only in memory once k
+custodians have each submitted a share. A share that does not parse, comes
+from another set, repeats one already given, or combines into anything but
+this vault's root is refused, counted in Redis, and (for a bad combination)
+clears the partial progress so a bad share cannot poison a later attempt.
+
+Rekey (new shares, same root) and root rotation (new root, keyring rewrapped)
+are ceremonies of their own that also need k shares of the current set.
+Shares in progress live in this process's memory, so every custodian of one
+ceremony talks to the same process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+from redis.asyncio import Redis
+from shamir_mnemonic import MnemonicError, Share, combine_mnemonics, generate_mnemonics
+
+from common.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from vault.crypto import RootKey, new_symmetric_key
+from vault.keyring import (
+    GENERATION_FIELD,
+    ROOT_FIELD,
+    Keyring,
+    parse_entry_field,
+    read_fields,
+    redis_errors,
+    rewrap_entry,
+)
+
+VAULT_SEALED = "VAULT_SEALED"
+VAULT_NOT_INITIALIZED = "VAULT_NOT_INITIALIZED"
+VAULT_INITIALIZED = "VAULT_INITIALIZED"
+SHARE_INVALID = "SHARE_INVALID"
+SHARE_WRONG_SET = "SHARE_WRONG_SET"
+SHARE_DUPLICATE = "SHARE_DUPLICATE"
+SHARE_MISMATCH = "SHARE_MISMATCH"
+CEREMONY_MISMATCH = "CEREMONY_MISMATCH"
+SHARE_PARAMETERS_INVALID = "SHARE_PARAMETERS_INVALID"
+ALREADY_UNSEALED = "ALREADY_UNSEALED"
+KEYRING_BUSY = "KEYRING_BUSY"
+
+SHARES_ID_FIELD = "shares:id"
+SHARES_THRESHOLD_FIELD = "shares:threshold"
+SHARES_COUNT_FIELD = "shares:count"
+MAX_SHARES = 16  # SLIP-39's limit per group
+
+UNSEAL = "unseal"
+REKEY = "rekey"
+ROTATE_ROOT = "rotate_root"
+
+
+@dataclass(frozen=True, slots=True)
+class ShareSet:
+    """The public facts of the current custodian share set."""
+
+    identifier: int
+    threshold: int
+    count: int
+    root_key_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SealState:
+    sealed: bool
+    initialized: bool
+    threshold: int
+    count: int
+    progress: int
+    refused: int
+
+
+@dataclass(frozen=True, slots=True)
+class CeremonyOutcome:
+    """A rekey or root rotation: progress, and the new shares once complete."""
+
+    progress: int
+    threshold: int
+    complete: bool
+    shares: tuple[str, ...] = ()
+    root_key_id: str = ""
+
+
+@dataclass(slots=True)
+class _Ceremony:
+    kind: str
+    new_threshold: int
+    new_count: int
+    shares: list[str] = field(default_factory=list)
+    indexes: set[tuple[int, int]] = field(default_factory=set)
+
+
+def check_share_parameters(threshold: int, count: int) -> None:
+    if not 1 <= threshold <= count <= MAX_SHARES:
+        raise InvalidArgument(SHARE_PARAMETERS_INVALID,
+                              f"need 1 <= threshold <= share_count <= {MAX_SHARES}")
+    if threshold == 1 and count > 1:
+        # SLIP-39 refuses it: n copies of the secret itself, no split knowledge.
+        raise InvalidArgument(SHARE_PARAMETERS_INVALID, "a threshold of 1 allows one share only")
+
+
+def split_root(root: bytes, threshold: int, count: int) -> tuple[list[str], int]:
+    """(mnemonics, SLIP-39 identifier) of a fresh k-of-n split of ``root``."""
+    check_share_parameters(threshold, count)
+    mnemonics = generate_mnemonics(1, [(threshold, count)], root)[0]
+    return mnemonics, Share.from_mnemonic(mnemonics[0]).identifier
+
+
+def _share_set_fields(identifier: int, threshold: int, count: int) -> dict[str, str]:
+    return {SHARES_ID_FIELD: str(identifier), SHARES_THRESHOLD_FIELD: str(threshold),
+            SHARES_COUNT_FIELD: str(count)}
+
+
+class ShamirRootKeys:
+    """A RootKeyProvider fed by custodian shares; sealed until k are in."""
+
+    def __init__(self, redis: Redis, *, prefix: str, keys_key: str) -> None:
+        self._redis = redis
+        self._keys_key = keys_key
+        self._counter_key = f"{prefix}:vault:unseal"
+        self._root: RootKey | None = None
+        self._ceremony: _Ceremony | None = None
+        self._keyring: Keyring | None = None
+
+    def attach(self, keyring: Keyring) -> None:
+        """The keyring this provider feeds (for init and root rotation)."""
+        self._keyring = keyring
+
+    # --- RootKeyProvider ---------------------------------------------------------
+
+    @property
+    def sealed(self) -> bool:
+        return self._root is None
+
+    async def root_key(self) -> RootKey:
+        if self._root is None:
+            raise FailedPrecondition(VAULT_SEALED, "the vault is sealed; custodians must unseal it")
+        return self._root
+
+    def seal(self) -> None:
+        self._root = None
+        self._ceremony = None
+        if self._keyring is not None:
+            self._keyring.invalidate()
+
+    # --- state ---------------------------------------------------------------------
+
+    async def share_set(self) -> ShareSet | None:
+        fields = await read_fields(self._redis, self._keys_key)
+        if SHARES_ID_FIELD not in fields or ROOT_FIELD not in fields:
+            return None
+        return ShareSet(int(fields[SHARES_ID_FIELD]), int(fields[SHARES_THRESHOLD_FIELD]),
+                        int(fields[SHARES_COUNT_FIELD]), fields[ROOT_FIELD])
+
+    async def state(self) -> SealState:
+        shares = await self.share_set()
+        with redis_errors():
+            refused = int(await self._redis.hget(self._counter_key, "refused") or 0)
+        progress = len(self._ceremony.shares) if self._ceremony else 0
+        if shares is None:
+            return SealState(self.sealed, False, 0, 0, progress, refused)
+        return SealState(self.sealed, True, shares.threshold, shares.count, progress, refused)
+
+    # --- init ------------------------------------------------------------------------
+
+    async def init(self, threshold: int, count: int) -> list[str]:
+        """Generate the root and the keyring; return the n shares. Stays sealed."""
+        check_share_parameters(threshold, count)
+        if self._keyring is None:
+            raise RuntimeError("attach a keyring first")
+        if await self.share_set() is not None:
+            raise AlreadyExists(VAULT_INITIALIZED, "the vault is initialized already")
+        secret = new_symmetric_key()
+        mnemonics, identifier = split_root(secret, threshold, count)
+        created = await self._keyring.create(RootKey(secret),
+                                             _share_set_fields(identifier, threshold, count))
+        if not created:
+            raise AlreadyExists(VAULT_INITIALIZED, "the vault is initialized already")
+        return mnemonics
+
+    # --- share submission ------------------------------------------------------------
+
+    async def unseal(self, mnemonic: str) -> SealState:
+        if not self.sealed:
+            raise FailedPrecondition(ALREADY_UNSEALED, "this vault process is unsealed already")
+        secret = await self._submit(UNSEAL, mnemonic, 0, 0)
+        if secret is not None:
+            self._root = RootKey(secret)
+            if self._keyring is not None:
+                self._keyring.invalidate()
+        return await self.state()
+
+    async def ceremony(self, kind: str, mnemonic: str, threshold: int,
+                       count: int) -> CeremonyOutcome:
+        """One share toward a rekey (same root) or a root rotation (new root)."""
+        check_share_parameters(threshold, count)
+        await self.root_key()  # only an unsealed process runs ceremonies
+        shares = await self._require_share_set()
+        secret = await self._submit(kind, mnemonic, threshold, count)
+        if secret is None:
+            progress = len(self._ceremony.shares) if self._ceremony else 0
+            return CeremonyOutcome(progress, shares.threshold, False)
+        root = RootKey(secret)
+        if kind == REKEY:
+            mnemonics, identifier = split_root(secret, threshold, count)
+            await self._write_share_set(identifier, threshold, count)
+            return CeremonyOutcome(shares.threshold, shares.threshold, True, tuple(mnemonics),
+                                   root.key_id)
+        return await self._rotate_root(root, threshold, count, shares.threshold)
+
+    async def _rotate_root(self, old: RootKey, threshold: int, count: int,
+                           old_threshold: int) -> CeremonyOutcome:
+        assert self._keyring is not None
+        secret = new_symmetric_key()
+        new = RootKey(secret)
+        mnemonics, identifier = split_root(secret, threshold, count)
+        for _ in range(8):
+            fields = await read_fields(self._redis, self._keys_key)
+            changes = {f: rewrap_entry(old, new, f, v) for f, v in fields.items()
+                       if parse_entry_field(f) is not None}
+            changes[ROOT_FIELD] = new.key_id
+            changes.update(_share_set_fields(identifier, threshold, count))
+            self._root = new  # the refresh inside change() must open the new keyring
+            if await self._keyring.change(fields[GENERATION_FIELD], changes):
+                return CeremonyOutcome(old_threshold, old_threshold, True, tuple(mnemonics),
+                                       new.key_id)
+            self._root = old
+        raise FailedPrecondition(KEYRING_BUSY, "the keyring kept changing; retry the rotation")
+
+    async def _write_share_set(self, identifier: int, threshold: int, count: int) -> None:
+        assert self._keyring is not None
+        for _ in range(8):
+            fields = await read_fields(self._redis, self._keys_key)
+            if await self._keyring.change(fields[GENERATION_FIELD],
+                                          _share_set_fields(identifier, threshold, count)):
+                return
+        raise FailedPrecondition(KEYRING_BUSY, "the keyring kept changing; retry the rekey")
+
+    async def _require_share_set(self) -> ShareSet:
+        shares = await self.share_set()
+        if shares is None:
+            raise FailedPrecondition(VAULT_NOT_INITIALIZED, "the vault is not initialized; init")
+        return shares
+
+    async def _submit(self, kind: str, mnemonic: str, threshold: int,
+                      count: int) -> bytes | None:
+        """Take one share; the rebuilt root secret once k valid shares are in, else None."""
+        shares = await self._require_share_set()
+        ceremony = self._ceremony
+        if ceremony is None or ceremony.kind != kind:
+            if ceremony is not None and ceremony.shares:
+                await self._refuse(CEREMONY_MISMATCH, f"a {ceremony.kind} ceremony is under "
+                                   "way; finish it or restart the vault process")
+            ceremony = self._ceremony = _Ceremony(kind, threshold, count)
+        if (ceremony.new_threshold, ceremony.new_count) != (threshold, count):
+            await self._refuse(CEREMONY_MISMATCH, "every custodian must ask for the same "
+                               "threshold and share count")
+        try:
+            share = Share.from_mnemonic(mnemonic.strip())
+        except (MnemonicError, ValueError):
+            await self._refuse(SHARE_INVALID, "the share does not parse (typo or corruption)")
+        if share.identifier != shares.identifier:
+            await self._refuse(SHARE_WRONG_SET, "the share belongs to another share set")
+        position = (share.group_index, share.index)
+        if position in ceremony.indexes:
+            await self._refuse(SHARE_DUPLICATE, "this share was submitted already")
+        ceremony.shares.append(mnemonic.strip())
+        ceremony.indexes.add(position)
+        if len(ceremony.shares) < shares.threshold:
+            return None
+        self._ceremony = None  # whatever happens next, start the next attempt afresh
+        try:
+            secret = bytes(combine_mnemonics(ceremony.shares))
+        except (MnemonicError, ValueError):
+            secret = b""
+        if len(secret) != 32 or RootKey(secret).key_id != shares.root_key_id:
+            await self._refuse(SHARE_MISMATCH, "the shares do not rebuild this vault's root "
+                               "key; progress was reset, start again")
+        return secret
+
+    async def _refuse(self, reason: str, message: str) -> NoReturn:
+        with redis_errors():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hincrby(self._counter_key, "refused", 1)
+                pipe.hincrby(self._counter_key, reason, 1)
+                await pipe.execute()
+        raise FailedPrecondition(reason, message)
