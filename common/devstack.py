@@ -99,6 +99,12 @@ CALLERS: tuple[Caller, ...] = (
         ("*",),
         ("vault.tokens.get", "vault.tokens.detokenize", "gateway.bank.events"),
     ),
+    # The security team's key tool: key lifecycle, unseal, audit; no card data.
+    Caller(
+        "cardlink-security",
+        ("security",),
+        ("vault.keys.admin", "vault.keys.unseal", "vault.audit.read"),
+    ),
     # A partner platform for `make demo`: the partner API, one tenant.
     Caller(
         "demo-partner",

@@ -53,7 +53,7 @@ def _mode(path: Path) -> int:
 def test_first_run_creates_private_keys_and_trust_store(state: Path) -> None:
     keys = devstack.ensure_credentials(state)
 
-    assert set(keys) == {"cardlink-gateway", "cardlink-bank", "demo-partner"}
+    assert set(keys) == {"cardlink-gateway", "cardlink-bank", "cardlink-security", "demo-partner"}
     assert _mode(state) == 0o700
     assert _mode(state / "jwt") == 0o700
     for caller_key in keys.values():
@@ -68,11 +68,13 @@ def test_first_run_creates_private_keys_and_trust_store(state: Path) -> None:
     assert "vault.tokens.detokenize" in issuers["cardlink-bank"]["scopes"]
     assert "vault.tokens.detokenize" not in issuers["cardlink-gateway"]["scopes"]
     assert not any(s.startswith("vault.") for s in issuers["demo-partner"]["scopes"])
+    # The key tool manages keys and reads the audit log; it never sees card data.
+    assert not any(s.startswith("vault.tokens") for s in issuers["cardlink-security"]["scopes"])
     for name, caller_key in keys.items():
         (jwk,) = issuers[name]["jwks"]["keys"]
         assert jwk["kid"] == caller_key.kid
         assert "d" not in jwk  # public half only
-    assert len({k.kid for k in keys.values()}) == 3
+    assert len({k.kid for k in keys.values()}) == len(keys)
 
 
 def test_rerun_keeps_keys_and_leaves_trust_file_untouched(state: Path) -> None:

@@ -12,8 +12,9 @@ import grpc
 
 from clients.keytool import _commands, _exit
 from clients.keytool._output import Output
-from common.auth import TokenMinter, bearer_interceptors, load_private_key_pem
+from common.auth import TokenMinter, bearer_interceptors, jwk_thumbprint, load_private_key_pem
 from common.clock import SystemClock
+from common.devstack import state_dir
 from common.grpc_errors import error_from_rpc
 
 SCOPES = ("vault.keys.admin", "vault.keys.unseal", "vault.audit.read")
@@ -22,7 +23,9 @@ KINDS = {"kek": 1, "fp": 2, "fingerprint": 2, "seal": 3, "sealing": 3, "sign": 4
 ENVIRONMENT = """environment (flags win):
   CARDLINK_KEYTOOL_ADDRESS   vault address (default 127.0.0.1:7001)
   CARDLINK_KEYTOOL_KEY_FILE  PEM private key the tool signs its JWTs with
+                             (default: make run's <state>/jwt/cardlink-security.pem)
   CARDLINK_KEYTOOL_KID       key id of that key in the vault's trust store
+                             (default: the key's RFC 7638 thumbprint)
   CARDLINK_KEYTOOL_ISSUER    issuer name in the trust store (default cardlink-security)
   CARDLINK_KEYTOOL_SUBJECT   who you are, recorded in the audit log (default $USER)
   CARDLINK_KEYTOOL_TOKEN     a ready-made bearer JWT instead of the key file
@@ -88,14 +91,23 @@ def _share_parameters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shares", "-n", type=int, required=True, help="shares issued")
 
 
+def _key_file(args: argparse.Namespace) -> Path:
+    if args.key_file:
+        return Path(args.key_file)
+    # `make run` keeps a development key for the security team in its state folder.
+    dev_key = state_dir(os.environ) / "jwt" / f"{args.issuer}.pem"
+    if dev_key.exists():
+        return dev_key
+    raise _commands.UsageError("give --key-file (or CARDLINK_KEYTOOL_KEY_FILE), or run "
+                               "`make run` first for a development key")
+
+
 def _bearer(args: argparse.Namespace) -> str:
     if args.token:
         return str(args.token)
-    if not args.key_file or not args.kid:
-        raise _commands.UsageError("give --key-file and --kid (or CARDLINK_KEYTOOL_KEY_FILE "
-                                   "and CARDLINK_KEYTOOL_KID)")
-    minter = TokenMinter(load_private_key_pem(args.key_file), args.kid, args.issuer,
-                         args.audience, SystemClock())
+    key = load_private_key_pem(_key_file(args))
+    minter = TokenMinter(key, args.kid or jwk_thumbprint(key), args.issuer, args.audience,
+                         SystemClock())
     return minter.mint(args.subject, "security", SCOPES, ttl=600)
 
 
