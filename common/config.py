@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+DEFAULT_REDIS_PREFIX = "cardlink"
+
 
 class ConfigError(ValueError):
     """A setting is missing or malformed."""
@@ -76,6 +78,15 @@ class Env:
         if lowered in {"0", "false", "no", "off"}:
             return False
         raise ConfigError(f"{name} must be a boolean, got {raw!r}")
+
+    def redis_prefix(self) -> str:
+        """``CARDLINK_REDIS_PREFIX``: the start of every key. Braces would break
+        the hash tags that keep one script's keys on one Redis Cluster slot."""
+        prefix = self.text("CARDLINK_REDIS_PREFIX", DEFAULT_REDIS_PREFIX)
+        if not prefix or "{" in prefix or "}" in prefix:
+            raise ConfigError(f"CARDLINK_REDIS_PREFIX must be non-empty without braces, "
+                              f"got {prefix!r}")
+        return prefix
 
     def path(self, name: str, default: Path) -> Path:
         raw = self._environ.get(name)

@@ -55,7 +55,6 @@ from common.config import ConfigError, Env, default_state_dir
 from common.redis_runtime import PrivateRedis
 
 DEFAULT_REDIS_PORT = 7379
-DEFAULT_REDIS_PREFIX = "cardlink"
 DEFAULT_VAULT_AUDIENCE = "cardlink-vault"  # what vault/config.py expects by default
 START_TIMEOUT_S = 30.0  # first start of a service includes imports and key generation
 STOP_GRACE_S = 10.0  # longer than the services' own shutdown grace (5 s by default)
@@ -571,7 +570,7 @@ def run(environ: Mapping[str, str] | None = None, services: Sequence[Service] = 
                 **base_env,
                 "CARDLINK_STATE_DIR": str(state),
                 "REDIS_URL": redis_url,
-                "CARDLINK_REDIS_PREFIX": env.text("CARDLINK_REDIS_PREFIX", DEFAULT_REDIS_PREFIX),
+                "CARDLINK_REDIS_PREFIX": env.redis_prefix(),
                 "CARDLINK_TRUST_FILE": str(state / "trust.json"),
             }
             for service in services:

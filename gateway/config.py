@@ -85,7 +85,7 @@ class GatewayConfig:
         return cls(
             listen=env.text("CARDLINK_GATEWAY_LISTEN", "127.0.0.1:7002"),
             redis_url=redis_url,
-            redis_prefix=env.text("CARDLINK_REDIS_PREFIX", "cardlink"),
+            redis_prefix=env.redis_prefix(),
             vault_target=env.text("CARDLINK_VAULT_TARGET", "127.0.0.1:7001"),
             bank_target=env.text("CARDLINK_BANK_TARGET", bank_default),
             trust_file=env.path("CARDLINK_TRUST_FILE", state / "trust.json"),

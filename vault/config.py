@@ -53,7 +53,7 @@ class VaultConfig:
         return cls(
             listen=env.text("CARDLINK_VAULT_LISTEN", "127.0.0.1:7001"),
             redis_url=redis_url,
-            redis_prefix=env.text("CARDLINK_REDIS_PREFIX", "cardlink"),
+            redis_prefix=env.redis_prefix(),
             mode=mode,
             key_file=env.path("CARDLINK_VAULT_KEY_FILE", state / "vault-root.key"),
             trust_file=env.path("CARDLINK_TRUST_FILE", state / "trust.json"),
