@@ -76,7 +76,12 @@ _IIN_RANGES: tuple[tuple[int, int, CardBrand], ...] = (
     (81, 81, CardBrand.UNIONPAY),
     (4, 4, CardBrand.VISA),
 )
-_IIN_SORTED = sorted(_IIN_RANGES, key=lambda row: -len(str(row[0])))
+# Per prefix length, longest first: the range bounds and brands of that width,
+# so a lookup converts each leading-digit prefix to an int once.
+_IIN_BY_WIDTH: tuple[tuple[int, tuple[tuple[int, int, CardBrand], ...]], ...] = tuple(
+    (width, tuple(row for row in _IIN_RANGES if len(str(row[0])) == width))
+    for width in sorted({len(str(low)) for low, _, _ in _IIN_RANGES}, reverse=True)
+)
 
 
 def luhn_valid(digits: str) -> bool:
@@ -97,10 +102,13 @@ def pan_valid(pan: str) -> bool:
 
 def card_brand(pan: str) -> CardBrand:
     """The network from the PAN's leading digits (IIN ranges); UNSPECIFIED if unknown."""
-    for low, high, brand in _IIN_SORTED:
-        width = len(str(low))
-        if len(pan) >= width and low <= int(pan[:width]) <= high:
-            return brand
+    for width, rows in _IIN_BY_WIDTH:
+        if len(pan) < width:
+            continue
+        prefix = int(pan[:width])
+        for low, high, brand in rows:
+            if low <= prefix <= high:
+                return brand
     return CardBrand.UNSPECIFIED
 
 
