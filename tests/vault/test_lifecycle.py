@@ -13,7 +13,7 @@ from cardlink.vault.v1 import admin_pb2, vault_pb2
 from common.auth import generate_signing_key
 from common.grpc_errors import error_from_rpc
 from tests.support.identities import Issuer
-from tests.support.load import LoadStats, client_load
+from tests.support.traffic import LoadStats, client_load
 from tests.support.vault import VaultHandle
 
 Kind: TypeAlias = admin_pb2.KeyKind.ValueType
