@@ -28,7 +28,6 @@ import tempfile
 from collections import OrderedDict
 from collections.abc import (
     AsyncIterator,
-    Awaitable,
     Callable,
     Iterable,
     Iterator,
@@ -47,12 +46,12 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from common.clock import Clock
 from common.errors import PermissionDenied, Unauthenticated
-from common.grpc_errors import Continuation, wrap_handler
+from common.server import Behavior
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
     "PUBLIC_METHOD_PREFIXES",
-    "AuthInterceptor",
+    "AuthGuard",
     "JwtVerifier",
     "Principal",
     "TokenMinter",
@@ -134,7 +133,7 @@ def current_principal() -> Principal:
 
 @contextlib.contextmanager
 def use_principal(principal: Principal | None) -> Iterator[None]:
-    """Run a block as ``principal`` (the interceptor does this per call; tests may too)."""
+    """Run a block as ``principal`` (AuthGuard sets the same variable per call)."""
     token = _principal.set(principal)
     try:
         yield
@@ -473,52 +472,62 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
 
 
 # --------------------------------------------------------------------------
-# Server interceptor
+# Server guard
 # --------------------------------------------------------------------------
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+Context = grpc.aio.ServicerContext[Any, Any]
+# Who the caller of a call is; raises the refusal instead.
+Authorize = Callable[[Context], Principal]
+
+
+class AuthGuard:
     """Authenticates every call and checks the method's scope; fails closed.
 
-    ``method_scopes`` maps a full method name ('/pkg.Service/Method') to the
-    scope it needs, or None for a public method. Health and reflection are
-    public. A method missing from the map is refused, so a new RPC cannot
-    ship unprotected by accident. Install after ErrorInterceptor.
+    A guard for ``common.server.start_server``: ``method_scopes`` maps a full
+    method name ('/pkg.Service/Method') to the scope it needs, or None for a
+    public method (served unwrapped). Health and reflection are public. A
+    method missing from the map is refused, so a new RPC cannot ship
+    unprotected by accident. Install after ``error_guard``.
+
+    The handler runs with the caller's Principal in the contextvar read by
+    ``current_principal()``.
     """
 
     def __init__(self, verifier: JwtVerifier, method_scopes: Mapping[str, str | None]) -> None:
         self._verifier = verifier
         self._scopes = dict(method_scopes)
 
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.startswith(PUBLIC_METHOD_PREFIXES):
-            return handler
+    def __call__(self, method: str, behavior: Behavior) -> Behavior:
+        if method.startswith(PUBLIC_METHOD_PREFIXES):
+            return behavior
         if method not in self._scopes:
-            logger.warning("refused call to %s: method has no scope mapping", method)
-            return wrap_handler(handler, *_guards(_refuse_unmapped(method)))
+            logger.warning("method %s has no scope mapping: its calls are refused", method)
+            return _run_as(_refuse_unmapped(method), behavior)
         scope = self._scopes[method]
         if scope is None:
-            return handler
-        metadata: Any = handler_call_details.invocation_metadata
-        return wrap_handler(handler, *_guards(lambda: self._authorize(metadata, scope)))
+            return behavior
+        return _run_as(self._authorizer(scope), behavior)
 
-    def _authorize(self, metadata: Iterable[tuple[str, str | bytes]], scope: str) -> Principal:
-        principal = self._verifier.verify(bearer_token(metadata))
-        if not principal.has_scope(scope):
-            raise PermissionDenied(
-                "SCOPE_MISSING",
-                "the caller lacks the scope this call needs",
-                metadata={"scope": scope},
-            )
-        return principal
+    def _authorizer(self, scope: str) -> Authorize:
+        verify = self._verifier.verify
+
+        def authorize(context: Context) -> Principal:
+            principal = verify(bearer_token(context.invocation_metadata()))
+            if scope not in principal.scopes:
+                raise PermissionDenied(
+                    "SCOPE_MISSING",
+                    "the caller lacks the scope this call needs",
+                    metadata={"scope": scope},
+                )
+            return principal
+
+        return authorize
 
 
-def _refuse_unmapped(method: str) -> Callable[[], Principal]:
-    def refuse() -> Principal:
+def _refuse_unmapped(method: str) -> Authorize:
+    def refuse(context: Context) -> Principal:
+        logger.warning("refused call to %s: method has no scope mapping", method)
         raise PermissionDenied(
             "METHOD_NOT_ALLOWED", "this method is not open to callers", metadata={"method": method}
         )
@@ -526,35 +535,31 @@ def _refuse_unmapped(method: str) -> Callable[[], Principal]:
     return refuse
 
 
-Wrapper = Callable[[Callable[..., Any]], Callable[..., Any]]
+def _run_as(authorize: Authorize, behavior: Behavior) -> Behavior:
+    """``behavior`` run as the principal ``authorize`` returns (same kind: coroutine or
+    async generator). The contextvar is set directly: a context manager per call
+    costs more than the rest of the guard."""
+    if inspect.isasyncgenfunction(behavior):
 
-
-def _guards(authorize: Callable[[], Principal]) -> tuple[Wrapper, Wrapper]:
-    """Handler wrappers that authorize first, then run the handler as the principal."""
-
-    def unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        async def wrapper(request: Any, context: Any) -> Any:
-            with use_principal(authorize()):
-                return await behavior(request, context)
-
-        return wrapper
-
-    def stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
-        if not _is_async_gen(behavior):
-            return unary(behavior)
-
-        async def generator(request: Any, context: Any) -> AsyncIterator[Any]:
-            with use_principal(authorize()):
+        async def generator(request: Any, context: Context) -> AsyncIterator[Any]:
+            token = _principal.set(authorize(context))
+            try:
                 async for response in behavior(request, context):
                     yield response
+            finally:
+                with contextlib.suppress(ValueError):  # finalized in another context
+                    _principal.reset(token)
 
         return generator
 
-    return unary, stream
+    async def unary(request: Any, context: Context) -> Any:
+        token = _principal.set(authorize(context))
+        try:
+            return await behavior(request, context)
+        finally:
+            _principal.reset(token)
 
-
-def _is_async_gen(behavior: Callable[..., Any]) -> bool:
-    return inspect.isasyncgenfunction(behavior)
+    return unary
 
 
 # --------------------------------------------------------------------------

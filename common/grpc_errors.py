@@ -1,6 +1,6 @@
 """CardLinkError <-> gRPC status with google.rpc details (AIP-193).
 
-Server side: ``ErrorInterceptor`` wraps every handler so a raised
+Server side: ``error_guard`` wraps every servicer method so a raised
 ``CardLinkError`` leaves as its canonical code plus an ``ErrorInfo``
 (domain ``cardlink.dev``, stable reason, metadata) and ``BadRequest`` field
 violations, and anything else leaves as a bare INTERNAL (logged here, never
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -24,26 +24,23 @@ from grpc_status import rpc_status
 
 from common import errors
 from common.errors import DOMAIN, CardLinkError, Code, FieldViolation
+from common.server import Behavior
 
 __all__ = [
     "ERROR_CLASSES",
     "GENERIC_INTERNAL_MESSAGE",
-    "ErrorInterceptor",
     "error_from_rpc",
     "error_from_status",
+    "error_guard",
     "grpc_code",
     "rpc_errors",
     "status_from_error",
-    "wrap_handler",
 ]
 
 logger = logging.getLogger("cardlink.grpc")
 
 DETAILS_KEY = "grpc-status-details-bin"
 
-# The next interceptor (or the handler lookup); a string so grpc's runtime
-# class need not be generic.
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable["grpc.RpcMethodHandler[Any, Any]"]]
 GENERIC_INTERNAL_MESSAGE = "internal error"
 
 # One class per canonical code: the table error_from_rpc uses to rebuild the
@@ -135,22 +132,15 @@ def _to_grpc_status(error: CardLinkError) -> grpc.Status | None:
         return None
 
 
-def _wrap_unary_response(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            return await behavior(request, context)
-        except grpc.aio.AbortError:
-            raise  # the handler aborted on purpose: its status is already set
-        except Exception as error:
-            await _abort(context, error)
+def error_guard(method: str, behavior: Behavior) -> Behavior:
+    """Turns exceptions raised by ``behavior`` (and inner guards) into statuses.
 
-    return wrapper
-
-
-def _wrap_stream_response(behavior: Callable[..., Any]) -> Callable[..., Any]:
-    # grpc.aio accepts either an async generator or a coroutine that calls
-    # context.write(); mixing the two in one call is refused, so the wrapper
-    # keeps whichever kind the handler is.
+    A guard for ``common.server.start_server``; install it first (outermost)
+    so errors raised by the auth guard get rich details too. grpc.aio accepts
+    either an async generator or a coroutine that calls context.write() for a
+    streamed response, and refuses a mix in one call, so the wrapper keeps
+    whichever kind ``behavior`` is.
+    """
     if inspect.isasyncgenfunction(behavior):
 
         async def generator(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -158,54 +148,21 @@ def _wrap_stream_response(behavior: Callable[..., Any]) -> Callable[..., Any]:
                 async for response in behavior(request, context):
                     yield response
             except grpc.aio.AbortError:
-                raise
+                raise  # the handler aborted on purpose: its status is already set
             except Exception as error:
                 await _abort(context, error)
 
         return generator
-    return _wrap_unary_response(behavior)
 
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            raise  # the handler aborted on purpose: its status is already set
+        except Exception as error:
+            await _abort(context, error)
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Turns exceptions raised by handlers (and inner interceptors) into statuses.
-
-    Install it first (outermost) so errors raised by the auth interceptor get
-    rich details too.
-    """
-
-    async def intercept_service(
-        self,
-        continuation: Continuation,
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        return wrap_handler(handler, _wrap_unary_response, _wrap_stream_response)
-
-
-def wrap_handler(
-    handler: grpc.RpcMethodHandler[Any, Any] | None,
-    unary_response: Callable[[Callable[..., Any]], Callable[..., Any]],
-    stream_response: Callable[[Callable[..., Any]], Callable[..., Any]],
-) -> grpc.RpcMethodHandler[Any, Any]:
-    """A copy of ``handler`` whose behaviour is wrapped (None stays None).
-
-    Shared by the server interceptors: one wrapper for handlers that return a
-    single response, one for those that stream responses.
-    """
-    if handler is None:
-        return handler  # type: ignore[return-value]  # unknown method: UNIMPLEMENTED
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(unary_response(handler.unary_unary), **kwargs)
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(stream_response(handler.unary_stream), **kwargs)
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(unary_response(handler.stream_unary), **kwargs)
-    assert handler.stream_stream is not None
-    return grpc.stream_stream_rpc_method_handler(stream_response(handler.stream_stream), **kwargs)
+    return unary
 
 
 # --------------------------------------------------------------------------

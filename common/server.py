@@ -1,9 +1,14 @@
 """Building and running a CardLink grpc.aio server.
 
 Every server gets health checking (each service SERVING, NOT_SERVING during
-shutdown) and server reflection, the shared interceptors, and a graceful
-stop on SIGTERM/SIGINT: health flips first so load balancers drain the
-process, then ``server.stop(grace)`` lets in-flight calls finish.
+shutdown) and server reflection, the shared guards, and a graceful stop on
+SIGTERM/SIGINT: health flips first so load balancers drain the process, then
+``server.stop(grace)`` lets in-flight calls finish.
+
+Guards replace server interceptors: a guard wraps one servicer method and is
+applied once per method at start-up, so a call pays only for the wrappers
+themselves (an interceptor runs, and builds a new handler, on every call).
+Health and reflection are not guarded: they are public.
 """
 
 from __future__ import annotations
@@ -11,16 +16,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 __all__ = [
     "DEFAULT_OPTIONS",
+    "Behavior",
+    "Guard",
     "RunningServer",
     "Service",
     "install_uvloop",
@@ -31,6 +40,14 @@ __all__ = [
 logger = logging.getLogger("cardlink.server")
 
 MiB = 1024 * 1024
+
+# A servicer method: a coroutine function, or an async generator function for
+# a method that streams its responses.
+Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Any]
+# Given the full method name ('/pkg.Service/Method') and its behavior, the
+# behavior to serve instead. Called once per method at start-up; a guard must
+# keep an async generator function an async generator function.
+Guard = Callable[[str, Behavior], Behavior]
 
 # Requests are small (sealed cards, ids); a 4 MiB cap bounds memory per call.
 # Keepalive pings detect dead peers behind NATs and load balancers; the
@@ -55,7 +72,8 @@ class Service:
     """One service to serve: its generated ``add_*_to_server`` function, servicer and name.
 
     ``name`` is the full service name ('cardlink.vault.v1.TokenVault'), used
-    for health and reflection.
+    for health and reflection and to find the service's methods in the
+    protobuf descriptor pool (its generated ``_pb2`` module must be imported).
     """
 
     name: str
@@ -81,23 +99,22 @@ async def start_server(
     services: Sequence[Service],
     address: str,
     *,
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),  # type: ignore[type-arg]
+    guards: Sequence[Guard] = (),
     options: Sequence[tuple[str, Any]] = DEFAULT_OPTIONS,
     credentials: grpc.ServerCredentials | None = None,
     maximum_concurrent_rpcs: int | None = None,
 ) -> RunningServer:
     """Start serving ``services`` on ``address`` ('127.0.0.1:0' picks a free port).
 
-    Pass interceptors outermost first: ``[ErrorInterceptor(), AuthInterceptor(...)]``
-    so that auth failures get rich error details too.
+    Pass guards outermost first: ``[error_guard, AuthGuard(...)]`` so that
+    auth failures get rich error details too.
     """
     server = grpc.aio.server(
-        interceptors=list(interceptors),
         options=list(options),
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
     for service in services:
-        service.register(service.servicer, server)
+        service.register(_guarded_servicer(service, guards), server)
     health_servicer = await _add_health(server, [s.name for s in services])
     names = [s.name for s in services] + [health.SERVICE_NAME, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(names, server)
@@ -105,6 +122,25 @@ async def start_server(
     await server.start()
     logger.info("serving %s on port %d", ", ".join(s.name for s in services), port)
     return RunningServer(server, port, health_servicer)
+
+
+def _guarded_servicer(service: Service, guards: Sequence[Guard]) -> Any:
+    """A stand-in for ``service.servicer`` whose every method is wrapped by ``guards``.
+
+    The methods are those the descriptor pool lists for ``service.name``;
+    ``guards[0]`` ends up outermost.
+    """
+    if not guards:
+        return service.servicer
+    descriptor = descriptor_pool.Default().FindServiceByName(service.name)
+    methods: dict[str, Behavior] = {}
+    for method in descriptor.methods:
+        full_name = f"/{service.name}/{method.name}"
+        behavior: Behavior = getattr(service.servicer, method.name)
+        for guard in reversed(guards):
+            behavior = guard(full_name, behavior)
+        methods[method.name] = behavior
+    return types.SimpleNamespace(**methods)
 
 
 async def _add_health(server: grpc.aio.Server, names: Sequence[str]) -> Any:

@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 
 from cardlink.gateway.v1 import bank_events_pb2_grpc, bindings_pb2_grpc, credit_lines_pb2_grpc
 from common.auth import (
-    AuthInterceptor,
+    AuthGuard,
     JwtVerifier,
     TokenMinter,
     TrustStore,
@@ -17,7 +17,7 @@ from common.auth import (
     load_private_key_pem,
 )
 from common.clock import Clock, SystemClock
-from common.grpc_errors import ErrorInterceptor
+from common.grpc_errors import error_guard
 from common.redis_client import connect
 from common.server import RunningServer, Service, start_server
 from gateway.bank_connector import GrpcBank
@@ -102,7 +102,7 @@ async def start_gateway(config: GatewayConfig, clock: Clock | None = None) -> Ru
     ]
     running = await start_server(
         services, config.listen,
-        interceptors=[ErrorInterceptor(), AuthInterceptor(verifier, METHOD_SCOPES)],
+        guards=[error_guard, AuthGuard(verifier, METHOD_SCOPES)],
         credentials=config.tls.credentials() if config.tls else None,
     )
     return RunningGateway(running, redis, (vault_channel, bank_channel), bindings, credit,

@@ -1,7 +1,7 @@
 """gRPC servicers: proto <-> domain, tenant scoping, nothing else.
 
 A resource of another tenant is NOT_FOUND, exactly like one that does not
-exist. The scope per method is enforced by ``common.auth.AuthInterceptor``
+exist. The scope per method is enforced by ``common.auth.AuthGuard``
 (see ``METHOD_SCOPES``; the trust store grants each issuer its scopes);
 bank events additionally require a bank issuer, so a trust store that
 granted a partner the bank's scope by mistake still lets no partner move

@@ -15,7 +15,7 @@ SCOPE_KEYS_ADMIN = "vault.keys.admin"
 SCOPE_KEYS_UNSEAL = "vault.keys.unseal"
 SCOPE_AUDIT_READ = "vault.audit.read"
 
-# Methods missing here are refused by the auth interceptor (fail closed).
+# Methods missing here are refused by the auth guard (fail closed).
 METHOD_SCOPES: dict[str, str | None] = {
     PACKAGE + "GetSealingKeySet": None,  # public: its signature is what clients trust
     PACKAGE + "TokenizeCard": SCOPE_CREATE,

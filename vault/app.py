@@ -11,10 +11,10 @@ import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2
 
 from cardlink.vault.v1 import admin_pb2_grpc, vault_pb2_grpc
-from common.auth import AuthInterceptor, JwtVerifier, TrustStore
+from common.auth import AuthGuard, JwtVerifier, TrustStore
 from common.clock import Clock, SystemClock
 from common.errors import CardLinkError
-from common.grpc_errors import ErrorInterceptor
+from common.grpc_errors import error_guard
 from common.redis_client import connect
 from common.server import RunningServer, Service, start_server
 from vault.access import METHOD_SCOPES, RESTRICTED_METHODS, SEALED_METHODS
@@ -22,7 +22,7 @@ from vault.admin import KeyAdminService
 from vault.admin_servicer import KeyAdminServicer
 from vault.audit import AuditLog
 from vault.config import VaultConfig, VaultMode
-from vault.interceptors import RefusalAudit, SealGate
+from vault.guards import RefusalAudit, SealGate
 from vault.keyring import SIGNING, keys_key
 from vault.lifecycle import KeyLifecycle
 from vault.rewrap import Rewrapper
@@ -121,9 +121,9 @@ async def start_vault(config: VaultConfig, clock: Clock | None = None) -> Runnin
          Service(ADMIN_SERVICE_NAME, admin_pb2_grpc.add_KeyAdminServicer_to_server,
                  KeyAdminServicer(admin, signing_public_keys))],
         config.listen,
-        interceptors=[ErrorInterceptor(), SealGate(service.keyring, SEALED_METHODS),
-                      RefusalAudit(service.audit, clock, RESTRICTED_METHODS),
-                      AuthInterceptor(verifier, METHOD_SCOPES)],
+        guards=[error_guard, SealGate(service.keyring, SEALED_METHODS),
+                RefusalAudit(service.audit, clock, RESTRICTED_METHODS),
+                AuthGuard(verifier, METHOD_SCOPES)],
     )
     if service.keyring.sealed:
         # Load balancers keep traffic away until custodians unseal this process.

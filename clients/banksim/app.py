@@ -31,7 +31,7 @@ from clients.banksim.behavior import Switches
 from clients.banksim.control import SimulatorControlServicer
 from clients.banksim.core import BankCoreServicer, Books
 from common.auth import (
-    AuthInterceptor,
+    AuthGuard,
     JwtVerifier,
     TokenMinter,
     TrustStore,
@@ -40,7 +40,7 @@ from common.auth import (
 )
 from common.clock import Clock, SystemClock
 from common.config import Env, default_state_dir
-from common.grpc_errors import ErrorInterceptor
+from common.grpc_errors import error_guard
 from common.server import RunningServer, Service, start_server
 
 CORE = "/cardlink.bank.v1.BankCore/"
@@ -126,6 +126,6 @@ async def start_banksim(config: BanksimConfig, clock: Clock | None = None) -> Ru
                     SimulatorControlServicer(switches, books)),
         ],
         config.listen,
-        interceptors=[ErrorInterceptor(), AuthInterceptor(verifier, METHOD_SCOPES)],
+        guards=[error_guard, AuthGuard(verifier, METHOD_SCOPES)],
     )
     return RunningBanksim(running, channel, books, switches)

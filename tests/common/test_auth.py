@@ -1,4 +1,4 @@
-"""JWT verification, trust-store rotation and the auth interceptor on a real server."""
+"""JWT verification, trust-store rotation and the auth guard on a real server."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import os
+import types
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,12 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from common import auth
 from common.auth import (
-    AuthInterceptor,
+    AuthGuard,
     JwtVerifier,
     Principal,
     TokenMinter,
@@ -34,7 +37,9 @@ from common.auth import (
 )
 from common.clock import ManualClock
 from common.errors import Unauthenticated
-from common.grpc_errors import ErrorInterceptor, error_from_rpc
+from common.grpc_errors import error_from_rpc, error_guard
+from common.server import Guard, start_server
+from tests.support.rawservice import Kind, raw_service
 
 AUDIENCE = "cardlink-vault"
 GATEWAY = "https://gateway.test"
@@ -422,7 +427,7 @@ def test_private_and_hmac_keys_in_the_trust_file_are_ignored(tmp_path: Path) -> 
 
 
 # --------------------------------------------------------------------------
-# The interceptor on a real server
+# The guard on a real server
 # --------------------------------------------------------------------------
 
 
@@ -439,28 +444,27 @@ async def _stream_whoami(request: bytes, context: Any) -> AsyncIterator[bytes]:
     yield current_principal().tenant.encode()
 
 
-def _handlers() -> grpc.GenericRpcHandler[Any, Any]:
-    return grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            "Whoami": grpc.unary_unary_rpc_method_handler(_whoami),
-            "Public": grpc.unary_unary_rpc_method_handler(_public),
-            "Unmapped": grpc.unary_unary_rpc_method_handler(_public),
-            "StreamWhoami": grpc.unary_stream_rpc_method_handler(_stream_whoami),
-        },
-    )
+SERVED = raw_service(
+    SERVICE,
+    {
+        "Whoami": Kind.UNARY_UNARY,
+        "Public": Kind.UNARY_UNARY,
+        "Unmapped": Kind.UNARY_UNARY,
+        "StreamWhoami": Kind.UNARY_STREAM,
+    },
+    types.SimpleNamespace(
+        Whoami=_whoami, Public=_public, Unmapped=_public, StreamWhoami=_stream_whoami
+    ),
+)
 
 
 @pytest.fixture
 async def address(world: World) -> AsyncIterator[str]:
     scopes = {**SCOPES, f"/{SERVICE}/StreamWhoami": "tokens.read"}
-    interceptors = [ErrorInterceptor(), AuthInterceptor(world.verifier, scopes)]
-    server = grpc.aio.server(interceptors=interceptors)
-    server.add_generic_rpc_handlers((_handlers(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    yield f"127.0.0.1:{port}"
-    await server.stop(None)
+    guards: list[Guard] = [error_guard, AuthGuard(world.verifier, scopes)]
+    running = await start_server([SERVED], "127.0.0.1:0", guards=guards)
+    yield f"127.0.0.1:{running.port}"
+    await running.stop(None)
 
 
 async def _call(address: str, method: str, metadata: Any = None) -> bytes:
@@ -569,6 +573,18 @@ async def test_unmapped_method_fails_closed(world: World, address: str) -> None:
 
 async def test_public_method_needs_no_credential(address: str) -> None:
     assert await _call(address, "Public") == b"public"
+
+
+async def test_health_and_reflection_need_no_credential(address: str) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        health = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=SERVICE)
+        )
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        replies = [r async for r in stub.ServerReflectionInfo(iter([request]))]
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert SERVICE in {s.name for s in replies[0].list_services_response.service}
 
 
 async def test_client_interceptor_adds_the_bearer(world: World, address: str) -> None:

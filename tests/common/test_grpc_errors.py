@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import types
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,10 +17,12 @@ from common.errors import DOMAIN, CardLinkError, FieldViolation
 from common.grpc_errors import (
     ERROR_CLASSES,
     GENERIC_INTERNAL_MESSAGE,
-    ErrorInterceptor,
     error_from_rpc,
+    error_guard,
     rpc_errors,
 )
+from common.server import start_server
+from tests.support.rawservice import Kind, raw_service
 
 SECRET = "do-not-leak-4111111111111111"
 SERVICE = "test.Errors"
@@ -56,29 +59,33 @@ async def _client_stream(requests: AsyncIterator[bytes], context: Any) -> bytes:
     raise errors.Aborted("REQUEST_IN_FLIGHT", "the same request id is in flight")
 
 
-def _handlers() -> grpc.GenericRpcHandler[Any, Any]:
-    return grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            "Raise": grpc.unary_unary_rpc_method_handler(_unary),
-            "Abort": grpc.unary_unary_rpc_method_handler(_abort_directly),
-            "Ok": grpc.unary_unary_rpc_method_handler(_ok),
-            "StreamGen": grpc.unary_stream_rpc_method_handler(_stream_gen),
-            "StreamWrite": grpc.unary_stream_rpc_method_handler(_stream_write),
-            "ClientStream": grpc.stream_unary_rpc_method_handler(_client_stream),
-        },
-    )
+SERVED = raw_service(
+    SERVICE,
+    {
+        "Raise": Kind.UNARY_UNARY,
+        "Abort": Kind.UNARY_UNARY,
+        "Ok": Kind.UNARY_UNARY,
+        "StreamGen": Kind.UNARY_STREAM,
+        "StreamWrite": Kind.UNARY_STREAM,
+        "ClientStream": Kind.STREAM_UNARY,
+    },
+    types.SimpleNamespace(
+        Raise=_unary,
+        Abort=_abort_directly,
+        Ok=_ok,
+        StreamGen=_stream_gen,
+        StreamWrite=_stream_write,
+        ClientStream=_client_stream,
+    ),
+)
 
 
 @pytest.fixture
 async def channel() -> AsyncIterator[grpc.aio.Channel]:
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-    server.add_generic_rpc_handlers((_handlers(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as chan:
+    running = await start_server([SERVED], "127.0.0.1:0", guards=[error_guard])
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as chan:
         yield chan
-    await server.stop(None)
+    await running.stop(None)
 
 
 async def _raise(channel: grpc.aio.Channel, error: Exception) -> grpc.aio.AioRpcError:

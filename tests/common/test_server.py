@@ -1,4 +1,4 @@
-"""The shared server builder (health, reflection, graceful stop) and log redaction."""
+"""The shared server builder (guards, health, reflection, graceful stop) and log redaction."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import types
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,9 +19,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from cardlink.vault.v1 import vault_pb2, vault_pb2_grpc
 from common import errors
-from common.grpc_errors import ErrorInterceptor, error_from_rpc
+from common.grpc_errors import error_from_rpc, error_guard
 from common.logging import REDACTED, configure_logging, redact
-from common.server import RunningServer, Service, run_until_signal, start_server
+from common.server import Behavior, RunningServer, Service, run_until_signal, start_server
+from tests.support.rawservice import Kind, raw_service
 
 VAULT = vault_pb2.DESCRIPTOR.services_by_name["TokenVault"].full_name
 SLOW = "test.Slow"
@@ -36,22 +38,15 @@ async def _slow(request: bytes, context: Any) -> bytes:
     return b"done"
 
 
-def _register_slow(servicer: Any, server: grpc.aio.Server) -> None:
-    handler = grpc.method_handlers_generic_handler(
-        SLOW, {"Call": grpc.unary_unary_rpc_method_handler(servicer)}
-    )
-    server.add_generic_rpc_handlers((handler,))
-
-
 SERVICES = [
     Service(VAULT, vault_pb2_grpc.add_TokenVaultServicer_to_server, _Vault()),
-    Service(SLOW, _register_slow, _slow),
+    raw_service(SLOW, {"Call": Kind.UNARY_UNARY}, types.SimpleNamespace(Call=_slow)),
 ]
 
 
 @pytest.fixture
 async def running() -> AsyncIterator[RunningServer]:
-    server = await start_server(SERVICES, "127.0.0.1:0", interceptors=[ErrorInterceptor()])
+    server = await start_server(SERVICES, "127.0.0.1:0", guards=[error_guard])
     yield server
     await server.stop(None)
 
@@ -60,13 +55,85 @@ def _channel(running: RunningServer) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
 
 
-async def test_binds_a_free_port_and_serves_with_interceptors(running: RunningServer) -> None:
+async def test_binds_a_free_port_and_serves_with_guards(running: RunningServer) -> None:
     assert running.port > 0
     async with _channel(running) as channel:
         stub = vault_pb2_grpc.TokenVaultStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.GetToken(vault_pb2.GetTokenRequest())
     assert error_from_rpc(caught.value).reason == "TOKEN_NOT_FOUND"
+
+
+VAULT_METHODS = [
+    f"/{VAULT}/{m.name}" for m in vault_pb2.DESCRIPTOR.services_by_name["TokenVault"].methods
+]
+
+
+async def test_guards_wrap_each_method_once_at_start_up() -> None:
+    wrapped: list[str] = []
+
+    def counting(method: str, behavior: Behavior) -> Behavior:
+        wrapped.append(method)
+        return behavior
+
+    expected = sorted([*VAULT_METHODS, f"/{SLOW}/Call"])
+    running = await start_server(SERVICES, "127.0.0.1:0", guards=[error_guard, counting])
+    try:
+        assert sorted(wrapped) == expected
+        async with _channel(running) as channel:
+            stub = vault_pb2_grpc.TokenVaultStub(channel)
+            for _ in range(5):
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await stub.GetToken(vault_pb2.GetTokenRequest())
+            assert await channel.unary_unary(f"/{SLOW}/Call")(b"") == b"done"
+    finally:
+        await running.stop(None)
+    assert sorted(wrapped) == expected  # calls never run a guard again
+
+
+async def test_first_guard_is_outermost() -> None:
+    order: list[str] = []
+
+    def tracing(name: str) -> Any:
+        def guard(method: str, behavior: Behavior) -> Behavior:
+            async def traced(request: Any, context: Any) -> Any:
+                order.append(name)
+                return await behavior(request, context)
+
+            return traced
+
+        return guard
+
+    running = await start_server(
+        SERVICES, "127.0.0.1:0", guards=[error_guard, tracing("outer"), tracing("inner")]
+    )
+    try:
+        async with _channel(running) as channel:
+            assert await channel.unary_unary(f"/{SLOW}/Call")(b"") == b"done"
+    finally:
+        await running.stop(None)
+    assert order == ["outer", "inner"]
+
+
+async def test_health_and_reflection_are_not_guarded() -> None:
+    def refuse_all(method: str, behavior: Behavior) -> Behavior:
+        async def refused(request: Any, context: Any) -> Any:
+            raise errors.PermissionDenied("NO", "no")
+
+        return refused
+
+    running = await start_server(SERVICES, "127.0.0.1:0", guards=[error_guard, refuse_all])
+    try:
+        async with _channel(running) as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=VAULT)
+            )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await channel.unary_unary(f"/{SLOW}/Call")(b"")
+    finally:
+        await running.stop(None)
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 @pytest.mark.parametrize("service", ["", VAULT, SLOW])
