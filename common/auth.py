@@ -68,7 +68,6 @@ __all__ = [
     "optional_principal",
     "public_jwk",
     "save_private_key_pem",
-    "use_principal",
     "write_trust_store",
 ]
 
@@ -129,17 +128,6 @@ def current_principal() -> Principal:
     if principal is None:
         raise Unauthenticated("TOKEN_MISSING", "this call requires a credential")
     return principal
-
-
-@contextlib.contextmanager
-def use_principal(principal: Principal | None) -> Iterator[None]:
-    """Run a block as ``principal`` (AuthGuard sets the same variable per call)."""
-    token = _principal.set(principal)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(ValueError):  # reset from another context: harmless
-            _principal.reset(token)
 
 
 # --------------------------------------------------------------------------
