@@ -39,6 +39,7 @@ from tests.support.identities import Identities
 INFLIGHT = int(os.environ.get("CARDLINK_BENCH_INFLIGHT", "64"))
 SECONDS = float(os.environ.get("CARDLINK_BENCH_SECONDS", "2"))
 ROUNDS = int(os.environ.get("CARDLINK_BENCH_ROUNDS", "3"))
+WARMUP_S = 0.5
 WORKERS = int(os.environ.get("CARDLINK_BENCH_WORKERS", "2"))
 CARDS = 30_000  # distinct new cards: more than tokenize can use up in one run
 VAULT = "/cardlink.vault.v1.TokenVault/"
@@ -72,26 +73,48 @@ def _wait_healthy(address: str) -> None:
     raise RuntimeError(f"{address} did not become healthy")
 
 
-def _load(scenario: Scenario) -> Result:
-    return run_load(scenario, workers=WORKERS, inflight=INFLIGHT, seconds=SECONDS)
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A load's figures and the server CPU it cost per call, which unlike calls/s
+    does not depend on how much of the machine the server got."""
+
+    result: Result
+    server_us_per_call: float
+
+
+def _load(scenario: Scenario, server_pid: int) -> Measured:
+    before = _cpu_seconds(server_pid)
+    result = run_load(scenario, workers=WORKERS, inflight=INFLIGHT, seconds=SECONDS,
+                      warmup_s=WARMUP_S)
+    used = _cpu_seconds(server_pid) - before
+    # The warm-up half second is served too: count its calls at the measured rate.
+    calls = result.calls_per_s * (SECONDS + WARMUP_S)
+    return Measured(result, used / calls * 1e6 if calls else 0.0)
 
 
 @dataclass(frozen=True)
 class Paired:
     """One round: the echo, then the scenario, back to back on the same machine state."""
 
-    echo: Result
-    call: Result
+    echo: Measured
+    call: Measured
 
     @property
     def ratio(self) -> float:
-        return self.call.calls_per_s / self.echo.calls_per_s
+        return self.call.result.calls_per_s / self.echo.result.calls_per_s
 
 
-def _rounds(echo: Scenario, rounds: list[Scenario]) -> Paired:
+def _rounds(echo: tuple[Scenario, int], rounds: list[Scenario], vault_pid: int) -> Paired:
     """The round with the median ratio: background load on a shared machine
     moves both figures of a round together, and the median drops outliers."""
-    paired = sorted((Paired(_load(echo), _load(s)) for s in rounds), key=lambda p: p.ratio)
+    paired = sorted((Paired(_load(*echo), _load(s, vault_pid)) for s in rounds),
+                    key=lambda p: p.ratio)
     return paired[len(paired) // 2]
 
 
@@ -126,16 +149,19 @@ async def _vault_scenarios(address: str, identities: Identities,
 
 
 def _report(results: list[Paired]) -> dict[str, object]:
-    print(f"{'call':<12}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-          f"{'echo/s':>9}{'ratio':>8}{'target':>8}")
+    print(f"{'call':<12}{'calls/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'errors':>7}{'echo/s':>8}"
+          f"{'ratio':>7}{'target':>7}      {'server µs/call (echo)':>22}")
     calls: dict[str, object] = {}
     for paired in results:
-        r, target = paired.call, TARGETS[paired.call.name]
+        r, target = paired.call.result, TARGETS[paired.call.result.name]
         verdict = "ok" if paired.ratio >= target else "MISS"
-        print(f"{r.name:<12}{r.calls_per_s:>10.0f}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}"
-              f"{r.errors:>8}{paired.echo.calls_per_s:>9.0f}{paired.ratio:>8.2f}"
-              f"{target:>7.2f} {verdict}")
-        calls[r.name] = {**r.as_dict(), "echo": paired.echo.as_dict(),
+        print(f"{r.name:<12}{r.calls_per_s:>9.0f}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}{r.errors:>7}"
+              f"{paired.echo.result.calls_per_s:>8.0f}{paired.ratio:>7.2f}{target:>7.2f} "
+              f"{verdict:<4} {paired.call.server_us_per_call:>12.0f} "
+              f"({paired.echo.server_us_per_call:.0f})")
+        calls[r.name] = {**r.as_dict(), "server_us_per_call": round(paired.call.server_us_per_call),
+                         "echo": {**paired.echo.result.as_dict(),
+                                  "server_us_per_call": round(paired.echo.server_us_per_call)},
                          "ratio": round(paired.ratio, 3), "target": target}
     return {"inflight": INFLIGHT, "workers": WORKERS, "seconds": SECONDS, "rounds": ROUNDS,
             "calls": calls}
@@ -151,8 +177,8 @@ def _main(folder: Path) -> None:
            "CARDLINK_VAULT_KEY_FILE": str(folder / "vault-root.key"),
            "CARDLINK_TRUST_FILE": str(identities.trust_file), "CARDLINK_LOG_LEVEL": "WARNING"}
     try:
-        with _process(["-m", "tests.benchsupport.echo", "127.0.0.1:17100"], env), \
-                _process(["-m", "vault"], env):
+        with _process(["-m", "tests.benchsupport.echo", "127.0.0.1:17100"], env) as echo_server, \
+                _process(["-m", "vault"], env) as vault:
             _wait_healthy("127.0.0.1:17100")
             _wait_healthy("127.0.0.1:17101")
             pins = subprocess.run([sys.executable, "-m", "vault", "pins"], env=env,
@@ -161,7 +187,8 @@ def _main(folder: Path) -> None:
             scenarios = asyncio.run(_vault_scenarios("127.0.0.1:17101", identities,
                                                      folder / "pins.json"))
             echo = Scenario("echo", "127.0.0.1:17100", METHOD, (b"x" * 200,))
-            results = [_rounds(echo, rounds) for rounds in scenarios.values()]
+            results = [_rounds((echo, echo_server.pid), rounds, vault.pid)
+                       for rounds in scenarios.values()]
     finally:
         if redis is not None:
             redis.stop()
