@@ -12,6 +12,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -22,7 +23,8 @@ from tests.support.vault import VaultHandle, running_vault
 
 
 def _with_db(url: str, db: int) -> str:
-    pool_kwargs = redis.connection.parse_url(url)
+    parse_url: Any = redis.connection.parse_url  # untyped in redis-py
+    pool_kwargs = parse_url(url)
     if "path" in pool_kwargs:
         return f"unix://{pool_kwargs['path']}?db={db}"
     host = pool_kwargs.get("host", "127.0.0.1")

@@ -39,7 +39,7 @@ from common.clock import ManualClock
 from common.errors import Unauthenticated
 from common.grpc_errors import error_from_rpc, error_guard
 from common.server import Guard, start_server
-from tests.support.rawservice import Kind, raw_service
+from tests.support.rawservice import Kind, raw_service, unary, unary_stream
 
 AUDIENCE = "cardlink-vault"
 GATEWAY = "https://gateway.test"
@@ -181,7 +181,7 @@ def _refused(world: World, token: str) -> Unauthenticated:
 
 
 def test_alg_none_is_refused(world: World) -> None:
-    token = jwt.encode(_claims(world), None, algorithm="none", headers={"kid": "gw-1"})
+    token = jwt.encode(_claims(world), "", algorithm="none", headers={"kid": "gw-1"})
     assert _refused(world, token).reason == "ALGORITHM_NOT_ALLOWED"
 
 
@@ -358,7 +358,7 @@ def test_cache_never_outlives_exp(world: World, monkeypatch: pytest.MonkeyPatch)
             decoded.append(token)
         return real_decode(token, *args, **kwargs)
 
-    monkeypatch.setattr(auth.jwt, "decode", counting_decode)
+    monkeypatch.setattr(jwt, "decode", counting_decode)  # the module common.auth uses
     token = world.minter().mint("gateway", "acme", ["tokens.read"], ttl=60)
     for _ in range(1000):
         world.verifier.verify(token)
@@ -469,7 +469,7 @@ async def address(world: World) -> AsyncIterator[str]:
 
 async def _call(address: str, method: str, metadata: Any = None) -> bytes:
     async with grpc.aio.insecure_channel(address) as channel:
-        reply: bytes = await channel.unary_unary(f"/{SERVICE}/{method}")(b"", metadata=metadata)
+        reply: bytes = await unary(channel, f"/{SERVICE}/{method}")(b"", metadata=metadata)
         return reply
 
 
@@ -490,7 +490,8 @@ async def test_authorized_call_sees_its_principal(world: World, address: str) ->
 
 async def test_streaming_handler_sees_its_principal(world: World, address: str) -> None:
     async with grpc.aio.insecure_channel(address) as channel:
-        call = channel.unary_stream(f"/{SERVICE}/StreamWhoami")(b"", metadata=_bearer(_good(world)))
+        stream = unary_stream(channel, f"/{SERVICE}/StreamWhoami")
+        call = stream(b"", metadata=_bearer(_good(world)))
         assert [m async for m in call] == [b"acme"]
 
 
@@ -516,7 +517,7 @@ def _attack_tokens(world: World) -> dict[str, tuple[str, str]]:
     expired_claims = _claims(world, iat=now - 1000, nbf=now - 1000, exp=now - 500)
     return {
         "alg_none": (
-            jwt.encode(_claims(world), None, algorithm="none", headers={"kid": "gw-1"}),
+            jwt.encode(_claims(world), "", algorithm="none", headers={"kid": "gw-1"}),
             "ALGORITHM_NOT_ALLOWED",
         ),
         "hs256_public_key": (
@@ -593,8 +594,8 @@ async def test_client_interceptor_adds_the_bearer(world: World, address: str) ->
         lambda: minter.token("gateway", "acme", ["tokens.read"])
     )
     async with grpc.aio.insecure_channel(address, interceptors=interceptors) as channel:
-        reply = await channel.unary_unary(f"/{SERVICE}/Whoami")(b"")
-        streamed = channel.unary_stream(f"/{SERVICE}/StreamWhoami")(b"")
+        reply = await unary(channel, f"/{SERVICE}/Whoami")(b"")
+        streamed = unary_stream(channel, f"/{SERVICE}/StreamWhoami")(b"")
         assert json.loads(reply)[2] == "acme"
         assert [m async for m in streamed] == [b"acme"]
 

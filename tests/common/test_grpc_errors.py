@@ -22,7 +22,7 @@ from common.grpc_errors import (
     rpc_errors,
 )
 from common.server import start_server
-from tests.support.rawservice import Kind, raw_service
+from tests.support.rawservice import Kind, raw_service, stream_unary, unary, unary_stream
 
 SECRET = "do-not-leak-4111111111111111"
 SERVICE = "test.Errors"
@@ -91,12 +91,13 @@ async def channel() -> AsyncIterator[grpc.aio.Channel]:
 async def _raise(channel: grpc.aio.Channel, error: Exception) -> grpc.aio.AioRpcError:
     RAISED["e"] = error
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await channel.unary_unary(f"/{SERVICE}/Raise")(b"e")
+        await unary(channel, f"/{SERVICE}/Raise")(b"e")
     return caught.value
 
 
 def _details(error: grpc.aio.AioRpcError) -> status_pb2.Status | None:
-    for key, value in error.trailing_metadata() or ():
+    trailing: Any = error.trailing_metadata() or ()
+    for key, value in trailing:
         if key == "grpc-status-details-bin":
             return status_pb2.Status.FromString(value)
     return None
@@ -171,18 +172,18 @@ async def test_internal_error_class_hides_its_message(channel: grpc.aio.Channel)
 
 async def test_a_handlers_own_abort_is_not_rewritten(channel: grpc.aio.Channel) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await channel.unary_unary(f"/{SERVICE}/Abort")(b"")
+        await unary(channel, f"/{SERVICE}/Abort")(b"")
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert caught.value.details() == "slow down"
 
 
 async def test_successful_calls_pass_through(channel: grpc.aio.Channel) -> None:
-    assert await channel.unary_unary(f"/{SERVICE}/Ok")(b"x") == b"ok:x"
+    assert await unary(channel, f"/{SERVICE}/Ok")(b"x") == b"ok:x"
 
 
 async def test_unknown_method_stays_unimplemented(channel: grpc.aio.Channel) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await channel.unary_unary(f"/{SERVICE}/Nope")(b"")
+        await unary(channel, f"/{SERVICE}/Nope")(b"")
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
@@ -192,7 +193,7 @@ async def _drain(call: Any, into: list[bytes]) -> None:
 
 
 async def test_async_generator_stream_error_after_first_message(channel: grpc.aio.Channel) -> None:
-    call = channel.unary_stream(f"/{SERVICE}/StreamGen")(b"")
+    call = unary_stream(channel, f"/{SERVICE}/StreamGen")(b"")
     got: list[bytes] = []
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await _drain(call, got)
@@ -204,7 +205,7 @@ async def test_async_generator_stream_error_after_first_message(channel: grpc.ai
 
 
 async def test_write_style_stream_unexpected_error_is_internal(channel: grpc.aio.Channel) -> None:
-    call = channel.unary_stream(f"/{SERVICE}/StreamWrite")(b"")
+    call = unary_stream(channel, f"/{SERVICE}/StreamWrite")(b"")
     got: list[bytes] = []
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await _drain(call, got)
@@ -219,7 +220,7 @@ async def test_client_stream_error(channel: grpc.aio.Channel) -> None:
         yield b"b"
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await channel.stream_unary(f"/{SERVICE}/ClientStream")(requests())
+        await stream_unary(channel, f"/{SERVICE}/ClientStream")(requests())
     assert isinstance(error_from_rpc(caught.value), errors.Aborted)
 
 
@@ -228,7 +229,7 @@ async def test_error_from_rpc_recovers_the_typed_error(channel: grpc.aio.Channel
     original.metadata["extra"] = "1"
     RAISED["e"] = original
     with pytest.raises(errors.InvalidArgument) as caught, rpc_errors():
-        await channel.unary_unary(f"/{SERVICE}/Raise")(b"e")
+        await unary(channel, f"/{SERVICE}/Raise")(b"e")
     got = caught.value
     assert (got.reason, got.message, got.metadata) == (
         original.reason,
@@ -241,10 +242,10 @@ async def test_error_from_rpc_recovers_the_typed_error(channel: grpc.aio.Channel
 
 async def test_rpc_status_aio_agrees_with_our_details(channel: grpc.aio.Channel) -> None:
     RAISED["e"] = errors.NotFound("TOKEN_NOT_FOUND", "no such token")
-    call = channel.unary_unary(f"/{SERVICE}/Raise")(b"e")
+    call = unary(channel, f"/{SERVICE}/Raise")(b"e")
     with pytest.raises(grpc.aio.AioRpcError):
         await call
-    status = await rpc_status.aio.from_call(call)
+    status = await rpc_status.aio.from_call(call)  # type: ignore[attr-defined]
     assert _error_info(status).reason == "TOKEN_NOT_FOUND"
 
 
@@ -256,7 +257,7 @@ async def test_transport_failure_maps_to_unavailable() -> None:
     await server.stop(None)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as chan:
         with pytest.raises(errors.Unavailable) as caught, rpc_errors():
-            await chan.unary_unary("/x.Y/Z")(b"", timeout=5)
+            await unary(chan, "/x.Y/Z")(b"", timeout=5)
     assert caught.value.reason == "UNAVAILABLE"
 
 

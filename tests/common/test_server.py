@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import types
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
@@ -22,15 +22,18 @@ from common import errors
 from common.grpc_errors import error_from_rpc, error_guard
 from common.logging import REDACTED, configure_logging, redact
 from common.server import Behavior, RunningServer, Service, run_until_signal, start_server
-from tests.support.rawservice import Kind, raw_service
+from tests.support.rawservice import Kind, raw_service, unary
 
 VAULT = vault_pb2.DESCRIPTOR.services_by_name["TokenVault"].full_name
 SLOW = "test.Slow"
 
 
 class _Vault(vault_pb2_grpc.TokenVaultServicer):
+    # Only GetToken is called; the typed base declares every method abstract.
     async def GetToken(self, request: Any, context: Any) -> Any:
         raise errors.NotFound("TOKEN_NOT_FOUND", "no such token")
+
+    GetSealingKeySet = TokenizeCard = DeleteToken = DetokenizeToken = GetToken
 
 
 async def _slow(request: bytes, context: Any) -> bytes:
@@ -85,7 +88,7 @@ async def test_guards_wrap_each_method_once_at_start_up() -> None:
             for _ in range(5):
                 with pytest.raises(grpc.aio.AioRpcError):
                     await stub.GetToken(vault_pb2.GetTokenRequest())
-            assert await channel.unary_unary(f"/{SLOW}/Call")(b"") == b"done"
+            assert await unary(channel, f"/{SLOW}/Call")(b"") == b"done"
     finally:
         await running.stop(None)
     assert sorted(wrapped) == expected  # calls never run a guard again
@@ -109,7 +112,7 @@ async def test_first_guard_is_outermost() -> None:
     )
     try:
         async with _channel(running) as channel:
-            assert await channel.unary_unary(f"/{SLOW}/Call")(b"") == b"done"
+            assert await unary(channel, f"/{SLOW}/Call")(b"") == b"done"
     finally:
         await running.stop(None)
     assert order == ["outer", "inner"]
@@ -130,7 +133,7 @@ async def test_health_and_reflection_are_not_guarded() -> None:
             )
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await channel.unary_unary(f"/{SLOW}/Call")(b"")
+                await unary(channel, f"/{SLOW}/Call")(b"")
     finally:
         await running.stop(None)
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -177,7 +180,7 @@ async def test_signal_drains_in_flight_calls_and_flips_health(running: RunningSe
             run_until_signal(running.server, running.health, 5.0, signals=[signal.SIGUSR1])
         )
         await asyncio.sleep(0.05)  # let it install its handler
-        in_flight = asyncio.ensure_future(channel.unary_unary(f"/{SLOW}/Call")(b""))
+        in_flight = asyncio.ensure_future(unary(channel, f"/{SLOW}/Call")(b""))
         await asyncio.sleep(0.05)  # the call has reached the handler
         os.kill(os.getpid(), signal.SIGUSR1)
         status = (await watch.read()).status
@@ -186,7 +189,7 @@ async def test_signal_drains_in_flight_calls_and_flips_health(running: RunningSe
         assert await in_flight == b"done"  # finished within the grace period
         await asyncio.wait_for(runner, 5)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await channel.unary_unary(f"/{SLOW}/Call")(b"", timeout=1)
+            await unary(channel, f"/{SLOW}/Call")(b"", timeout=1)
     assert caught.value.code() in {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
@@ -214,7 +217,7 @@ def test_redact_masks_longer_runs_whole() -> None:
 
 
 @pytest.fixture
-def log_stream() -> AsyncIterator[io.StringIO]:
+def log_stream() -> Iterator[io.StringIO]:
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
     stream = io.StringIO()

@@ -74,3 +74,17 @@ def _describe(name: str, methods: Mapping[str, Kind]) -> None:
         )
     pool.Add(file)
 
+
+
+# Client side: raw-bytes callables. The serializers are passed as None
+# explicitly because the grpc type stubs (older than grpcio) require them.
+def unary(channel: grpc.aio.Channel, method: str) -> Any:
+    return channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+
+
+def unary_stream(channel: grpc.aio.Channel, method: str) -> Any:
+    return channel.unary_stream(method, request_serializer=None, response_deserializer=None)
+
+
+def stream_unary(channel: grpc.aio.Channel, method: str) -> Any:
+    return channel.stream_unary(method, request_serializer=None, response_deserializer=None)
