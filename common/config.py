@@ -43,6 +43,13 @@ class Env:
     def text(self, name: str, default: str) -> str:
         return self._environ.get(name, default)
 
+    def required(self, name: str, hint: str) -> str:
+        """A setting with no safe default; ``hint`` tells the user where it comes from."""
+        value = self.optional(name)
+        if value is None:
+            raise ConfigError(f"{name} is required ({hint})")
+        return value
+
     def optional(self, name: str) -> str | None:
         value = self._environ.get(name, "")
         return value or None

@@ -76,19 +76,25 @@ def _timestamp(record: logging.LogRecord) -> str:
     return f"{seconds}.{int(record.msecs):03d}Z"
 
 
+def _fields(formatter: logging.Formatter, record: logging.LogRecord) -> dict[str, Any]:
+    """What every line carries: ts, level, logger, msg, the extras, and exc if any."""
+    fields: dict[str, Any] = {
+        "ts": _timestamp(record),
+        "level": record.levelname,
+        "logger": record.name,
+        "msg": record.getMessage(),
+        **_extras(record),
+    }
+    if record.exc_info:
+        fields["exc"] = formatter.formatException(record.exc_info)
+    return fields
+
+
 class KeyValueFormatter(logging.Formatter):
     """``ts=... level=INFO logger=cardlink.vault msg="..." key=value`` lines."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = {
-            "ts": _timestamp(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-            **_extras(record),
-        }
-        if record.exc_info:
-            fields["exc"] = self.formatException(record.exc_info)
+        fields = _fields(self, record)
         return redact(" ".join(f"{k}={_kv_value(v)}" for k, v in fields.items()))
 
 
@@ -103,16 +109,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, msg, extras, exc."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = {
-            "ts": _timestamp(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-            **_extras(record),
-        }
-        if record.exc_info:
-            fields["exc"] = self.formatException(record.exc_info)
-        return redact(_json.dumps(fields, default=str))
+        return redact(_json.dumps(_fields(self, record), default=str))
 
 
 def configure_logging(

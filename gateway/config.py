@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.config import ConfigError, Env, default_state_dir
+from common.config import Env, default_state_dir
 from common.tls import ServerTls
 from gateway.connectors import CallPolicy
 from gateway.idempotency import IdempotencySettings
@@ -76,9 +76,7 @@ class GatewayConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayConfig:
         env = Env(environ)
         state = env.path("CARDLINK_STATE_DIR", default_state_dir())
-        redis_url = env.optional("REDIS_URL")
-        if redis_url is None:
-            raise ConfigError("REDIS_URL is required (make run starts a private Redis)")
+        redis_url = env.required("REDIS_URL", "make run starts a private Redis")
         issuer = env.text("CARDLINK_JWT_ISSUER", "cardlink-gateway")
         thresholds_file = env.optional("CARDLINK_GATEWAY_TENANT_THRESHOLDS_FILE")
         bank_default = env.text("CARDLINK_BANKSIM_TARGET", "127.0.0.1:7003")

@@ -40,9 +40,7 @@ class VaultConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> VaultConfig:
         env = Env(environ)
         state = env.path("CARDLINK_STATE_DIR", default_state_dir())
-        redis_url = env.optional("REDIS_URL")
-        if redis_url is None:
-            raise ConfigError("REDIS_URL is required (make run starts a private Redis)")
+        redis_url = env.required("REDIS_URL", "make run starts a private Redis")
         mode_name = env.text("CARDLINK_VAULT_MODE", VaultMode.DEV.value)
         try:
             mode = VaultMode(mode_name)
