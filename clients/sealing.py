@@ -36,6 +36,9 @@ KDF_HKDF_SHA256 = 0x0001
 AEAD_AES_256_GCM = 0x0002
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 DEFAULT_REFRESH_S = 300.0
+# The vault re-signs its key set at least every minute; a set much older than
+# that is a replay (say by a compromised relay keeping partners on an old key).
+DEFAULT_MAX_AGE_S = 3600.0
 
 
 class KeySetError(Exception):
@@ -80,9 +83,19 @@ class VerifiedKeySet:
 
 
 def verify_key_set(
-    signed: vault_pb2.SealingKeySet, pins: Mapping[str, Ed25519PublicKey]
+    signed: vault_pb2.SealingKeySet,
+    pins: Mapping[str, Ed25519PublicKey],
+    *,
+    now: float | None = None,
+    max_age_s: float = DEFAULT_MAX_AGE_S,
+    not_before: float = 0.0,
 ) -> VerifiedKeySet:
-    """Check a pinned key's signature, then parse; anything else raises KeySetError."""
+    """Check a pinned key's signature, then parse; anything else raises KeySetError.
+
+    A set signed more than ``max_age_s`` before ``now`` (default: the wall
+    clock), or before ``not_before`` (the issue time of the last set accepted),
+    is refused as a replay; keys whose grace period has ended are dropped.
+    """
     if not any(_signature_ok(sig, pins, signed.key_set) for sig in signed.signatures):
         raise KeySetError("the key set carries no valid signature by a pinned key")
     content = vault_pb2.SealingKeySetContent()
@@ -90,8 +103,17 @@ def verify_key_set(
         content.ParseFromString(signed.key_set)
     except DecodeError:
         raise KeySetError("the signed key set does not parse") from None
-    keys = tuple(_public_key(k) for k in content.keys if _supported(k))
-    return VerifiedKeySet(keys=keys, issue_time=content.issue_time.ToSeconds())
+    now = time.time() if now is None else now
+    issue_time = content.issue_time.ToNanoseconds() / 1e9
+    if issue_time < now - max_age_s or issue_time < not_before:
+        raise KeySetError("the key set is older than one already seen or than its maximum age")
+    keys = tuple(_public_key(k) for k in content.keys if _supported(k) and _open(k, now))
+    return VerifiedKeySet(keys=keys, issue_time=issue_time)
+
+
+def _open(key: vault_pb2.SealingKey, now: float) -> bool:
+    """Still accepting cards: current, or previous within its grace period."""
+    return not key.HasField("expire_time") or key.expire_time.ToNanoseconds() / 1e9 > now
 
 
 def _signature_ok(
@@ -153,6 +175,7 @@ class SealingKeyCache:
         *,
         refresh_s: float = DEFAULT_REFRESH_S,
         monotonic: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if not pins:
             raise ValueError("at least one pinned verification key is required")
@@ -160,11 +183,14 @@ class SealingKeyCache:
         self._pins = dict(pins)
         self._refresh_s = refresh_s
         self._monotonic = monotonic
+        self._wall_clock = wall_clock
         self._key_set: VerifiedKeySet | None = None
         self._fetched_at = 0.0
 
     async def refresh(self) -> VerifiedKeySet:
-        self._key_set = verify_key_set(await self._fetch(), self._pins)
+        last = self._key_set.issue_time if self._key_set is not None else 0.0
+        self._key_set = verify_key_set(await self._fetch(), self._pins,
+                                       now=self._wall_clock(), not_before=last)
         self._fetched_at = self._monotonic()
         return self._key_set
 

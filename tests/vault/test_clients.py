@@ -6,7 +6,7 @@ import pytest
 
 from cardlink.vault.v1 import vault_pb2
 from clients.bank import BankVaultClient
-from clients.sealing import SealingKeyCache, seal_card
+from clients.sealing import KeySetError, SealingKeyCache, seal_card, verify_key_set
 from common.errors import NotFound, PermissionDenied
 from tests.support.cards import card
 from tests.support.vault import VaultHandle
@@ -46,3 +46,23 @@ async def test_key_cache_refetches_only_when_due(vault: VaultHandle) -> None:
     now[0] = 61
     await cache.current()
     assert fetches == 2
+
+
+async def test_key_cache_refuses_a_key_set_older_than_one_it_accepted(vault: VaultHandle) -> None:
+    request = vault_pb2.GetSealingKeySetRequest()
+    first = await vault.stub.GetSealingKeySet(request)
+    vault.clock.advance(120)  # the vault re-signs its key set at least every minute
+    second = await vault.stub.GetSealingKeySet(request)
+    relayed = iter([second, first])  # a relay replaying the older set
+
+    async def fetch() -> vault_pb2.SealingKeySet:
+        return next(relayed)
+
+    cache = SealingKeyCache(fetch, await vault.pins(), wall_clock=vault.clock.now)
+    await cache.refresh()
+    with pytest.raises(KeySetError):
+        await cache.refresh()
+    # Too old on its own, whatever was seen before.
+    vault.clock.advance(2 * 3600)
+    with pytest.raises(KeySetError):
+        verify_key_set(second, await vault.pins(), now=vault.clock.now())
