@@ -23,6 +23,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import secrets
 import shlex
 import signal
 import subprocess
@@ -245,6 +246,23 @@ def _load_or_create_key(path: Path) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise DevstackError(f"{path} is not an Ed25519 key; delete it to get a new one")
     return key
+
+
+def dev_fingerprint_secret(state: Path) -> str:
+    """The gateway's code-fingerprint HMAC secret for `make run` (created once, 0600)."""
+    path = _private_dir(state) / "gateway-fingerprint.secret"
+    if not path.exists():
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temp.write_text(secrets.token_hex(32))
+        os.chmod(temp, 0o600)
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            pass
+        finally:
+            temp.unlink()
+    os.chmod(path, 0o600)
+    return path.read_text().strip()
 
 
 def _key_path(state: Path, issuer: str) -> Path:
@@ -620,6 +638,8 @@ def _start(
         own_env["CARDLINK_JWT_KEY_FILE"] = str(keys[service.issuer].path)
         # The kid published in trust.json, so the service need not recompute it.
         own_env["CARDLINK_JWT_KEY_ID"] = keys[service.issuer].kid
+    if service.name == "gateway" and "CARDLINK_GATEWAY_FINGERPRINT_SECRET" not in own_env:
+        own_env["CARDLINK_GATEWAY_FINGERPRINT_SECRET"] = dev_fingerprint_secret(state)
     print(f"starting {service.name} on {listen} ...", flush=True)
     return _spawn(service, listen, own_env, _private_dir(state / "logs"))
 

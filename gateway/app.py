@@ -65,6 +65,7 @@ class RunningGateway:
 
 async def start_gateway(config: GatewayConfig, clock: Clock | None = None) -> RunningGateway:
     clock = clock or SystemClock()
+    code_key = config.code_fingerprint_key()
     key = load_private_key_pem(config.jwt_key_file)
     kid = config.jwt_key_id or jwk_thumbprint(key)
     to_vault = TokenMinter(key, kid, config.jwt_issuer, config.vault_audience, clock)
@@ -86,7 +87,8 @@ async def start_gateway(config: GatewayConfig, clock: Clock | None = None) -> Ru
     idempotency = IdempotencyStore(redis, keyspace, config.idempotency)
     thresholds = TenantThresholds.load(config.thresholds, config.thresholds_file)
     bindings = BindingService(
-        BindingStore(redis, keyspace), idempotency, vault, bank, thresholds, clock
+        BindingStore(redis, keyspace), idempotency, vault, bank, thresholds, clock,
+        fingerprint_secret=code_key, bank_budget_s=config.bank_policy.budget_s,
     )
     credit = CreditService(CreditStore(redis, keyspace), bindings, idempotency, bank, clock)
     verifier = JwtVerifier(TrustStore(config.trust_file, clock), config.audience, clock)

@@ -5,28 +5,42 @@ which returns a token. The bank verifies the holder (it detokenizes itself)
 and sends a one-time code; the gateway counts attempts, enforces expiry and
 lockouts, and records the user's consent.
 
-A bank that is down or slow leaves the binding in PENDING_VERIFICATION (or
-the code attempt refunded) and raises UNAVAILABLE; calling again - with the
-same request id, or a new one for the same card - resumes with the same bank
-idempotency key, so the bank verifies and sends a code once.
+A bank that is down or slow leaves the binding in PENDING_VERIFICATION and
+raises UNAVAILABLE; calling again - with the same request id, or a new one for
+the same card - resumes with the same bank idempotency key, so the bank
+verifies and sends a code once.
+
+A code check is recorded on the binding (bank key + code HMAC) before the bank
+sees it and counts an attempt at once. Only a bank that provably did nothing
+(unreachable after the connector's retries, or an INTERNAL answer) gets the
+attempt back; after a timeout the check stays pending, and the next confirm
+of the same code - any request id - resumes it with the same bank key, while
+another code waits for it (bounded) and then gets ABORTED CODE_CHECK_PENDING.
+The card claim is released only by a call whose script made the binding
+leave its live states.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import hmac
 import json
 import logging
 import re
+import time
 from dataclasses import asdict, dataclass
 
 from common.clock import Clock
 from common.errors import (
+    Aborted,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    Unavailable,
     invalid_field,
 )
 from gateway.binding_store import (
@@ -53,6 +67,15 @@ MAX_CIPHERTEXT = 4096
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 100
 _CODE_RE = re.compile(r"[0-9]{4,8}")
 _TEXT_LIMITS = {"terms_id": 64, "terms_version": 32, "channel": 32}
+_POLL_S = 0.02
+
+
+def _bank_did_nothing(error: Unavailable) -> bool:
+    """UNAVAILABLE after the connector's retries (never reached the bank), or an
+    INTERNAL answer (the bank contract: an error answer did no work under the key).
+    A timeout or any other status is an unknown outcome."""
+    return (error.metadata.get("cause") == "unreachable"
+            or error.metadata.get("status") == "INTERNAL")
 
 
 @dataclass(frozen=True)
@@ -88,7 +111,16 @@ class BindingService:
         bank: Bank,
         thresholds: TenantThresholds,
         clock: Clock,
+        fingerprint_secret: bytes,
+        bank_budget_s: float = 5.0,
     ) -> None:
+        """``fingerprint_secret`` keys the HMAC of one-time codes (idempotency
+        fingerprint, pending check); ``bank_budget_s`` bounds one bank call with
+        its retries (how long a check may be on the wire)."""
+        if not fingerprint_secret:
+            raise ValueError("the code fingerprint secret must not be empty")
+        self._secret = fingerprint_secret
+        self._bank_budget_s = bank_budget_s
         self._store = store
         self._idem = idempotency
         self._vault = vault
@@ -127,6 +159,9 @@ class BindingService:
         new = NewBinding(name, card.token, card.token_name, card.display, consent,
                          limits.code_max_attempts, claim)
         status, value = await self._store.create(new, now, limits.max_bindings_per_user)
+        if status in ("LOCKED", "LIMIT"):
+            # No live binding of this card for the user: the claim just made is ours.
+            await self._store.compare_and_set_owner(user.tenant, card.token, claim, "")
         if status == "LOCKED":
             raise ResourceExhausted(
                 "BINDING_LOCKED_OUT",
@@ -138,28 +173,32 @@ class BindingService:
                 "BINDINGS_PER_USER_EXCEEDED", "the user has the most bindings allowed",
                 metadata={"limit": str(limits.max_bindings_per_user)},
             )
+        name = ChildName(user, "bindings", value)
+        if status == "CREATED" and not await self._store.count_card_attempt(
+            user.tenant, card.token, limits.max_card_attempts,
+            int(now // limits.card_attempts_window_s), limits.card_attempts_window_s,
+        ):
+            # Counted only now: the claim succeeded and verification is next.
+            if await self._store.retire(name, now, BindingState.FAILED,
+                                        "CARD_ATTEMPTS_EXCEEDED",
+                                        [BindingState.PENDING_VERIFICATION]):
+                await self._store.compare_and_set_owner(user.tenant, card.token, claim, "")
+            raise ResourceExhausted(
+                "CARD_ATTEMPTS_EXCEEDED", "too many binding attempts for this card"
+            )
         stored = await self._store.load(user, value, now)
         if stored is None:  # pragma: no cover - the script just created or found it
             raise NotFound("BINDING_NOT_FOUND", "binding not found")
         if stored.binding.state is BindingState.PENDING_VERIFICATION:
-            return await self._verify(ChildName(user, "bindings", value), stored)
+            return await self._verify(name, stored)
         return stored.binding
 
     async def _claim_card(self, user: UserName, token: str, now: float) -> str:
-        limits = self._thresholds.for_tenant(user.tenant)
-        window = int(now // limits.card_attempts_window_s)
         for _ in range(3):
             mine = claim_value(user, now)
-            status, owner = await self._store.claim_card(
-                user.tenant, token, mine, limits.max_card_attempts, window,
-                limits.card_attempts_window_s,
-            )
+            status, owner = await self._store.claim_card(user.tenant, token, mine)
             if status == "OK":
                 return owner
-            if status == "TOO_MANY":
-                raise ResourceExhausted(
-                    "CARD_ATTEMPTS_EXCEEDED", "too many binding attempts for this card"
-                )
             if not await self._is_stale(owner, token, now):
                 # Never say which user: that would leak another user's identity.
                 raise FailedPrecondition(
@@ -186,11 +225,10 @@ class BindingService:
         if result.code_sent:
             ttl = self._thresholds.for_tenant(name.tenant).code_ttl_s
             await self._store.code_sent(name, now, result.verification_id, now + ttl)
-        else:
-            await self._store.retire(
-                name, now, BindingState.FAILED, "HOLDER_VERIFICATION_DECLINED",
-                [BindingState.PENDING_VERIFICATION],
-            )
+        elif await self._store.retire(
+            name, now, BindingState.FAILED, "HOLDER_VERIFICATION_DECLINED",
+            [BindingState.PENDING_VERIFICATION],
+        ):
             await self._release_card(name, stored.claim)
             logger.info("binding %s declined by the bank: %s", name, result.decline_reason)
         return await self._get(name)
@@ -201,54 +239,100 @@ class BindingService:
 
     # --- confirm ---------------------------------------------------------
 
+    def _code_digest(self, name: ChildName, code: str) -> str:
+        """HMAC of a one-time code under the deployment secret: what Redis keeps
+        (fingerprint, pending check) cannot be brute-forced back to the code."""
+        message = f"{name}\x00{code}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
     async def confirm(self, name: ChildName, code: str, request_id: str) -> Binding:
         if not _CODE_RE.fullmatch(code):
             raise invalid_field("code", "4 to 8 digits", "CODE_INVALID")
-        digest = fingerprint(str(name), hashlib.sha256(code.encode()).hexdigest())
+        code_digest = self._code_digest(name, code)
         return await self._idem.run(
-            name.tenant, "ConfirmBinding", request_id, digest,
-            lambda: self._confirm(name, code, request_id), self._codec,
+            name.tenant, "ConfirmBinding", request_id, fingerprint(str(name), code_digest),
+            lambda: self._confirm(name, code, code_digest, request_id), self._codec,
         )
 
-    async def _confirm(self, name: ChildName, code: str, request_id: str) -> Binding:
+    async def _reserve(self, name: ChildName, code_digest: str,
+                       request_id: str) -> tuple[str, str]:
+        lockout_s = self._thresholds.for_tenant(name.tenant).lockout_s
+        in_flight_ms = int((self._bank_budget_s + 1.0) * 1000)
+        give_up = time.monotonic() + self._bank_budget_s + 1.0
+        while True:
+            status, value = await self._store.reserve_attempt(
+                name, self._clock.now(), code_digest, bank_key("code", str(name), request_id),
+                lockout_s * 1000, in_flight_ms,
+            )
+            if status != "BUSY":
+                return status, value
+            # Another code's check is pending: wait while it is on the wire.
+            if value != "1" or time.monotonic() >= give_up:
+                raise Aborted(
+                    "CODE_CHECK_PENDING",
+                    "an earlier code's check has no answer yet; send that code again "
+                    "or retry later",
+                )
+            await asyncio.sleep(_POLL_S)
+
+    async def _confirm(self, name: ChildName, code: str, code_digest: str,
+                       request_id: str) -> Binding:
         stored = await self._require(name)
-        status, value = await self._store.reserve_attempt(name, self._clock.now())
+        status, key = await self._reserve(name, code_digest, request_id)
         if status == "NOT_FOUND":
             raise _not_found()
         if status == "EXPIRED":
+            # The reserve script retired the binding: this call made the transition.
             await self._release_card(name, stored.claim)
             raise FailedPrecondition("CODE_EXPIRED", "the one-time code has expired")
         if status == "STATE":
-            if value == BindingState.ACTIVE.value:
-                return await self._get(name)
-            raise FailedPrecondition("BINDING_NOT_PENDING_CODE", "the binding awaits no code",
-                                     metadata={"state": value})
+            return await self._not_pending(name, key)
         if status == "EXHAUSTED":
             raise ResourceExhausted("TOO_MANY_ATTEMPTS", "no code attempts are left")
         try:
             result = await self._bank.check_code(
-                name.tenant, stored.verification_id, code, bank_key("code", str(name), request_id)
+                name.tenant, stored.verification_id, code, key
             )
-        except BaseException:
-            # The attempt never reached a verdict: give it back.
-            await self._store.refund_attempt(name, self._clock.now())
+        except Unavailable as error:
+            if _bank_did_nothing(error):
+                await self._store.refund_attempt(name, self._clock.now(), key)
+            else:
+                # Unknown outcome: the bank may have checked (and consumed) the
+                # code. The attempt stays counted and the check pending.
+                await self._store.check_unknown(name, self._clock.now(), key)
             raise
-        return await self._settle_code(name, stored, result)
+        except BaseException:
+            await self._store.check_unknown(name, self._clock.now(), key)
+            raise
+        return await self._settle_code(name, stored, result, key)
+
+    async def _not_pending(self, name: ChildName, state: str) -> Binding:
+        if state == BindingState.ACTIVE.value:
+            return await self._get(name)
+        raise FailedPrecondition("BINDING_NOT_PENDING_CODE", "the binding awaits no code",
+                                 metadata={"state": state})
 
     async def _settle_code(self, name: ChildName, stored: StoredBinding,
-                           result: CodeResult) -> Binding:
+                           result: CodeResult, key: str) -> Binding:
         now = self._clock.now()
         if result is CodeResult.MATCH:
-            await self._store.code_matched(name, now)
+            status, state = await self._store.code_matched(name, now)
+            if status == "STATE":
+                return await self._not_pending(name, state)
             return await self._get(name)
         if result is CodeResult.EXPIRED:
-            await self._store.retire(name, now, BindingState.FAILED, "CODE_EXPIRED",
-                                     [BindingState.PENDING_CODE])
-            await self._release_card(name, stored.claim)
+            if await self._store.retire(name, now, BindingState.FAILED, "CODE_EXPIRED",
+                                        [BindingState.PENDING_CODE]):
+                await self._release_card(name, stored.claim)
+            elif (await self._get(name)).state is BindingState.ACTIVE:
+                # The code was used up by a concurrent right answer.
+                return await self._get(name)
             raise FailedPrecondition("CODE_EXPIRED", "the one-time code has expired")
         lockout = self._thresholds.for_tenant(name.tenant).lockout_s
-        status, left = await self._store.code_mismatched(name, now, now + lockout,
+        status, left = await self._store.code_mismatched(name, now, key, now + lockout,
                                                          lockout * 1000)
+        if status == "STATE":
+            return await self._not_pending(name, left)
         if status == "LEFT":
             raise InvalidArgument(
                 "CODE_MISMATCH", "the one-time code is wrong",
@@ -312,7 +396,8 @@ class BindingService:
                                      metadata={"state": state})
         if status == "IN_USE":
             raise FailedPrecondition("BINDING_IN_USE", "an open credit line is repaid from it")
-        await self._release_card(name, stored.claim)
+        if status == "DONE":  # this call unbound it (not an already-unbound repeat)
+            await self._release_card(name, stored.claim)
         return await self._get(name)
 
 

@@ -2,10 +2,15 @@
 
 A binding is a hash under the user's slot (fields: name, state, tok (vault
 token), tokn (token resource name), disp and cons (JSON), fail, vid (bank
-verification id), cexp (code expiry), att (code attempts used), max (allowed),
-claim, seq, ctime, mtime). ``bcard:<token>`` points at the user's one live
-binding of a card, ``blive`` holds the live ids (the per-user limit),
-``bidx`` orders bindings for listing, ``lock:<token>`` holds a lockout end.
+verification id), cexp (code expiry), att (code attempts used, a copy of
+the user+card counter), max (allowed), pk / ph (the bank key and code HMAC of
+the one code check in flight or of unknown outcome), claim, seq, ctime,
+mtime). ``bcard:<token>`` points at the user's one live binding of a card,
+``blive`` holds the live ids (the per-user limit), ``bidx`` orders bindings
+for listing, ``lock:<token>`` holds a lockout end, ``catt:<token>`` counts
+code attempts per (user, card) for a lockout's length (unbinding does not
+reset it), ``bchk:<bid>`` marks a code check on the wire (TTL: the bank
+call budget).
 
 Which user holds a card is a separate slot (``keys.CardKeys``), changed by
 compare-and-set: claim, take over a stale claim, release.
@@ -46,12 +51,16 @@ return {'CREATED', bid}
 _CODE_SENT = script("""
 local k = bkey(ARGV[3])
 if redis.call('HGET', k, 'state') ~= 'PENDING_VERIFICATION' then return 0 end
+-- Wrong codes are counted per (user, card), so a new binding of the card
+-- starts with the attempts its predecessors used.
+local used = redis.call('GET', base .. ':catt:' .. redis.call('HGET', k, 'tok')) or 0
 redis.call('HSET', k, 'state', 'PENDING_CODE', 'vid', ARGV[4], 'cexp', ARGV[5],
-  'att', 0, 'mtime', now)
+  'att', used, 'mtime', now)
 return 1
 """)
 
 # Retire a binding that is in one of the states ARGV[6..] (FAILED or UNBOUND).
+# 1 when this call made the transition, 0 when the binding was elsewhere.
 _RETIRE = script("""
 local bid, state, reason = ARGV[3], ARGV[4], ARGV[5]
 local current = redis.call('HGET', bkey(bid), 'state')
@@ -65,6 +74,12 @@ end
 return 0
 """)
 
+# Reserve a code check. ARGV: 4 code digest, 5 the bank key for a new check,
+# 6 attempt-counter TTL (ms, the lockout), 7 in-flight marker TTL (ms).
+# At most one check is pending per binding (``pk`` bank key, ``ph`` code
+# digest): the same code resumes it with its bank key (no new attempt), another
+# code is BUSY until it is settled. A new check counts an attempt on the
+# (user, card) counter ``catt:<tok>`` at once; only a provable no-op refunds it.
 _RESERVE_ATTEMPT = script("""
 local bid = ARGV[3]
 local k = bkey(bid)
@@ -72,42 +87,87 @@ local state = redis.call('HGET', k, 'state')
 if not state then return {'NOT_FOUND', ''} end
 if code_expired(k) then retire(bid, 'FAILED', 'CODE_EXPIRED') return {'EXPIRED', ''} end
 if state ~= 'PENDING_CODE' then return {'STATE', state} end
-if tonumber(redis.call('HGET', k, 'att')) >= tonumber(redis.call('HGET', k, 'max')) then
-  return {'EXHAUSTED', ''}
+local flight = base .. ':bchk:' .. bid
+local pending = redis.call('HGET', k, 'pk')
+if pending then
+  if redis.call('HGET', k, 'ph') == ARGV[4] then
+    redis.call('SET', flight, 1, 'PX', ARGV[7])
+    return {'RESUME', pending}
+  end
+  return {'BUSY', tostring(redis.call('EXISTS', flight))}
 end
-return {'OK', tostring(redis.call('HINCRBY', k, 'att', 1))}
+local counter = base .. ':catt:' .. redis.call('HGET', k, 'tok')
+local used = tonumber(redis.call('GET', counter) or '0')
+if used >= tonumber(redis.call('HGET', k, 'max')) then return {'EXHAUSTED', ''} end
+used = redis.call('INCR', counter)
+redis.call('PEXPIRE', counter, ARGV[6])
+redis.call('HSET', k, 'att', used, 'pk', ARGV[5], 'ph', ARGV[4])
+redis.call('SET', flight, 1, 'PX', ARGV[7])
+return {'OK', ARGV[5]}
 """)
 
+# The check under bank key ARGV[4] provably did nothing: give its attempt back.
 _REFUND_ATTEMPT = script("""
-local k = bkey(ARGV[3])
-if redis.call('HGET', k, 'state') == 'PENDING_CODE'
-  and tonumber(redis.call('HGET', k, 'att')) > 0 then
-  redis.call('HINCRBY', k, 'att', -1)
+local bid = ARGV[3]
+local k = bkey(bid)
+if redis.call('HGET', k, 'pk') ~= ARGV[4] then return 0 end
+redis.call('HDEL', k, 'pk', 'ph')
+redis.call('DEL', base .. ':bchk:' .. bid)
+if redis.call('HGET', k, 'state') == 'PENDING_CODE' then
+  local counter = base .. ':catt:' .. redis.call('HGET', k, 'tok')
+  if tonumber(redis.call('GET', counter) or '0') > 0 then
+    redis.call('HSET', k, 'att', redis.call('DECR', counter))
+  end
+end
+return 1
+""")
+
+# The check under ARGV[4] ended without an answer (unknown outcome): the
+# reservation stays, only the in-flight marker goes.
+_CHECK_UNKNOWN = script("""
+local bid = ARGV[3]
+if redis.call('HGET', bkey(bid), 'pk') == ARGV[4] then
+  redis.call('DEL', base .. ':bchk:' .. bid)
 end
 return 1
 """)
 
 _CODE_MATCH = script("""
-local k = bkey(ARGV[3])
-if redis.call('HGET', k, 'state') ~= 'PENDING_CODE' then return 0 end
+local bid = ARGV[3]
+local k = bkey(bid)
+local state = redis.call('HGET', k, 'state')
+if state ~= 'PENDING_CODE' then return {'STATE', state or ''} end
 redis.call('HSET', k, 'state', 'ACTIVE', 'mtime', now)
-return 1
+redis.call('HDEL', k, 'pk', 'ph')
+redis.call('DEL', base .. ':bchk:' .. bid, base .. ':catt:' .. redis.call('HGET', k, 'tok'))
+return {'ACTIVE', ''}
 """)
 
-# A wrong code: once the attempts are used up the binding fails and the
-# user+card pair is locked out until ARGV[4] (clock seconds).
+# A wrong code under bank key ARGV[4]: once the attempts are used up the
+# binding fails and the user+card pair is locked out until ARGV[5] (clock
+# seconds) for ARGV[6] ms. STATE when the binding left PENDING_CODE meanwhile
+# (e.g. the right code won a race): nothing changes then.
 _CODE_MISMATCH = script("""
 local bid = ARGV[3]
 local k = bkey(bid)
-if redis.call('HGET', k, 'state') ~= 'PENDING_CODE' then return {'LOCKED', ''} end
+local state = redis.call('HGET', k, 'state')
+if state ~= 'PENDING_CODE' then return {'STATE', state or ''} end
 local left = tonumber(redis.call('HGET', k, 'max')) - tonumber(redis.call('HGET', k, 'att'))
+if redis.call('HGET', k, 'pk') ~= ARGV[4] then
+  -- A concurrent resume of the same check settled it already.
+  return {'LEFT', tostring(math.max(left, 0))}
+end
+redis.call('HDEL', k, 'pk', 'ph')
+redis.call('DEL', base .. ':bchk:' .. bid)
 if left > 0 then return {'LEFT', tostring(left)} end
 local tok = redis.call('HGET', k, 'tok')
 retire(bid, 'FAILED', 'TOO_MANY_ATTEMPTS')
-redis.call('SET', base .. ':lock:' .. tok, ARGV[4], 'PX', ARGV[5])
+redis.call('SET', base .. ':lock:' .. tok, ARGV[5], 'PX', ARGV[6])
+redis.call('DEL', base .. ':catt:' .. tok)
 return {'LOCKED', ''}
 """)
 
+# DONE: this call unbound it; OK: it was unbound already.
 _UNBIND = script("""
 local bid = ARGV[3]
 local state = redis.call('HGET', bkey(bid), 'state')
@@ -119,22 +179,28 @@ if open and redis.call('HGET', base .. ':cl:' .. open, 'bid') == bid then
   return {'IN_USE', ''}
 end
 retire(bid, 'UNBOUND', nil)
-return {'OK', ''}
+return {'DONE', ''}
 """)
 
 # Card ownership (card slot). Value: "<user name>|<nonce>|<claim time>". A
 # claim by the owner's own user refreshes the nonce, so a competing take-over
 # that read the old value fails its compare-and-set.
 _CLAIM_CARD = """
-local n = redis.call('INCR', KEYS[2])
-if n == 1 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
-if n > tonumber(ARGV[2]) then return {'TOO_MANY', ''} end
 local owner = redis.call('GET', KEYS[1])
 if owner and string.sub(owner, 1, #ARGV[1] + 1) ~= ARGV[1] .. '|' then
   return {'OTHER', owner}
 end
-redis.call('SET', KEYS[1], ARGV[4])
-return {'OK', ARGV[4]}
+redis.call('SET', KEYS[1], ARGV[2])
+return {'OK', ARGV[2]}
+"""
+
+# One binding attempt of a card that reached the bank's verification (counted
+# only after the claim succeeded: a refused stranger cannot use them up).
+_COUNT_CARD_ATTEMPT = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+if n > tonumber(ARGV[1]) then return 0 end
+return 1
 """
 
 _COMPARE_AND_SET = """
@@ -197,10 +263,12 @@ class BindingStore:
                 "retire": _RETIRE,
                 "reserve": _RESERVE_ATTEMPT,
                 "refund": _REFUND_ATTEMPT,
+                "check_unknown": _CHECK_UNKNOWN,
                 "match": _CODE_MATCH,
                 "mismatch": _CODE_MISMATCH,
                 "unbind": _UNBIND,
                 "claim_card": _CLAIM_CARD,
+                "count_card": _COUNT_CARD_ATTEMPT,
                 "cas": _COMPARE_AND_SET,
             }.items()
         }
@@ -215,15 +283,22 @@ class BindingStore:
 
     # --- card ownership (card slot) -------------------------------------
 
-    async def claim_card(
-        self, tenant: str, token: str, value: str, max_attempts: int, window: int, window_s: int
-    ) -> tuple[str, str]:
+    async def claim_card(self, tenant: str, token: str, value: str) -> tuple[str, str]:
         card = self.keyspace.card(tenant, token)
         reply = await self._scripts["claim_card"](
-            keys=[card.owner, card.attempts(window)],
-            args=[value.split("|", 1)[0], max_attempts, window_s, value],
+            keys=[card.owner], args=[value.split("|", 1)[0], value],
         )
         return _pair(reply)
+
+    async def count_card_attempt(
+        self, tenant: str, token: str, max_attempts: int, window: int, window_s: int
+    ) -> bool:
+        """Count a binding attempt that reaches verification; False past the limit."""
+        card = self.keyspace.card(tenant, token)
+        reply = await self._scripts["count_card"](
+            keys=[card.attempts(window)], args=[max_attempts, window_s],
+        )
+        return bool(reply)
 
     async def compare_and_set_owner(self, tenant: str, token: str, old: str, new: str) -> bool:
         card = self.keyspace.card(tenant, token)
@@ -271,20 +346,31 @@ class BindingStore:
         )
         return bool(reply)
 
-    async def reserve_attempt(self, name: ChildName, now: float) -> tuple[str, str]:
-        return _pair(await self._user_script("reserve", name.parent, name.id, now))
+    async def reserve_attempt(
+        self, name: ChildName, now: float, code_digest: str, new_key: str,
+        counter_ms: int, in_flight_ms: int,
+    ) -> tuple[str, str]:
+        """OK/RESUME with the bank key to use; BUSY ("1" while in flight) for another
+        code's pending check; NOT_FOUND, EXPIRED, STATE (with the state), EXHAUSTED."""
+        return _pair(await self._user_script(
+            "reserve", name.parent, name.id, now, code_digest, new_key, counter_ms,
+            in_flight_ms,
+        ))
 
-    async def refund_attempt(self, name: ChildName, now: float) -> None:
-        await self._user_script("refund", name.parent, name.id, now)
+    async def refund_attempt(self, name: ChildName, now: float, key: str) -> None:
+        await self._user_script("refund", name.parent, name.id, now, key)
 
-    async def code_matched(self, name: ChildName, now: float) -> bool:
-        return bool(await self._user_script("match", name.parent, name.id, now))
+    async def check_unknown(self, name: ChildName, now: float, key: str) -> None:
+        await self._user_script("check_unknown", name.parent, name.id, now, key)
+
+    async def code_matched(self, name: ChildName, now: float) -> tuple[str, str]:
+        return _pair(await self._user_script("match", name.parent, name.id, now))
 
     async def code_mismatched(
-        self, name: ChildName, now: float, lock_until: float, lock_ms: int
+        self, name: ChildName, now: float, key: str, lock_until: float, lock_ms: int
     ) -> tuple[str, str]:
         reply = await self._user_script(
-            "mismatch", name.parent, name.id, now, lock_until, lock_ms
+            "mismatch", name.parent, name.id, now, key, lock_until, lock_ms
         )
         return _pair(reply)
 

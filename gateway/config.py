@@ -20,6 +20,7 @@
 | CARDLINK_GATEWAY_VAULT_DEADLINE_S | 2.0 | deadline of each vault call |
 | CARDLINK_GATEWAY_IDEMPOTENCY_RETENTION_S | 86400 | how long answers are replayed per request id |
 | CARDLINK_GATEWAY_IDEMPOTENCY_WAIT_S | 5.0 | a duplicate's wait before REQUEST_IN_PROGRESS |
+| CARDLINK_GATEWAY_FINGERPRINT_SECRET | (required; make run sets one) | HMAC key for codes |
 | CARDLINK_GATEWAY_CODE_MAX_ATTEMPTS | 3 | wrong one-time codes before a binding fails |
 | CARDLINK_GATEWAY_CODE_TTL_S | 300 | how long a one-time code is accepted |
 | CARDLINK_GATEWAY_LOCKOUT_S | 1800 | user+card lockout after too many wrong codes |
@@ -32,6 +33,12 @@
 | CARDLINK_GATEWAY_TLS_CLIENT_CA_FILE | (none) | mutual TLS: partners need a cert this CA signed |
 | CARDLINK_SHUTDOWN_GRACE_S | 5.0 | graceful stop |
 | CARDLINK_LOG_LEVEL / CARDLINK_LOG_JSON | INFO / false | logging |
+
+The idempotency lease (how long a claimed request id holds without an answer)
+is derived, not set: it must outlast the slowest work a claim covers - a vault
+call plus two bank calls (a wait for another code check on the wire, then our
+own), each with its retries - plus a margin, or a duplicate could run the same
+work concurrently.
 """
 
 from __future__ import annotations
@@ -40,11 +47,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.config import Env, default_state_dir
+from common.config import ConfigError, Env, default_state_dir
 from common.tls import ServerTls
 from gateway.connectors import CallPolicy
 from gateway.idempotency import IdempotencySettings
 from gateway.thresholds import Thresholds
+
+LEASE_MARGIN_S = 5.0
+MIN_FINGERPRINT_SECRET = 16
+
+
+def derive_lease_s(bank: CallPolicy, vault: CallPolicy) -> float:
+    """An idempotency lease longer than the work one claim can do (see above)."""
+    return vault.budget_s + 2 * bank.budget_s + LEASE_MARGIN_S
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,16 @@ class GatewayConfig:
     grace_shutdown_s: float = 5.0
     log_level: str = "INFO"
     log_json: bool = False
+    fingerprint_secret: str = ""
+
+    def code_fingerprint_key(self) -> bytes:
+        """The HMAC key for one-time codes; refuses a missing or short secret."""
+        if len(self.fingerprint_secret) < MIN_FINGERPRINT_SECRET:
+            raise ConfigError(
+                f"CARDLINK_GATEWAY_FINGERPRINT_SECRET is required (at least "
+                f"{MIN_FINGERPRINT_SECRET} characters; make run generates one)"
+            )
+        return self.fingerprint_secret.encode()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewayConfig:
@@ -80,6 +105,11 @@ class GatewayConfig:
         issuer = env.text("CARDLINK_JWT_ISSUER", "cardlink-gateway")
         thresholds_file = env.optional("CARDLINK_GATEWAY_TENANT_THRESHOLDS_FILE")
         bank_default = env.text("CARDLINK_BANKSIM_TARGET", "127.0.0.1:7003")
+        bank_policy = CallPolicy(
+            deadline_s=env.number("CARDLINK_GATEWAY_BANK_DEADLINE_S", 2.0),
+            attempts=env.integer("CARDLINK_GATEWAY_BANK_ATTEMPTS", 2, minimum=1),
+        )
+        vault_policy = CallPolicy(deadline_s=env.number("CARDLINK_GATEWAY_VAULT_DEADLINE_S", 2.0))
         return cls(
             listen=env.text("CARDLINK_GATEWAY_LISTEN", "127.0.0.1:7002"),
             redis_url=redis_url,
@@ -98,18 +128,14 @@ class GatewayConfig:
             jwt_key_id=env.optional("CARDLINK_JWT_KEY_ID"),
             vault_audience=env.text("CARDLINK_VAULT_AUDIENCE", "cardlink-vault"),
             bank_audience=env.text("CARDLINK_BANK_AUDIENCE", "cardlink-bank"),
-            bank_policy=CallPolicy(
-                deadline_s=env.number("CARDLINK_GATEWAY_BANK_DEADLINE_S", 2.0),
-                attempts=env.integer("CARDLINK_GATEWAY_BANK_ATTEMPTS", 2, minimum=1),
-            ),
-            vault_policy=CallPolicy(
-                deadline_s=env.number("CARDLINK_GATEWAY_VAULT_DEADLINE_S", 2.0)
-            ),
+            bank_policy=bank_policy,
+            vault_policy=vault_policy,
             idempotency=IdempotencySettings(
                 retention_s=env.integer(
                     "CARDLINK_GATEWAY_IDEMPOTENCY_RETENTION_S", 86_400, minimum=1
                 ),
                 wait_s=env.number("CARDLINK_GATEWAY_IDEMPOTENCY_WAIT_S", 5.0),
+                lease_s=derive_lease_s(bank_policy, vault_policy),
             ),
             thresholds=Thresholds(
                 code_max_attempts=env.integer("CARDLINK_GATEWAY_CODE_MAX_ATTEMPTS", 3),
@@ -124,4 +150,5 @@ class GatewayConfig:
             grace_shutdown_s=env.number("CARDLINK_SHUTDOWN_GRACE_S", 5.0),
             log_level=env.text("CARDLINK_LOG_LEVEL", "INFO"),
             log_json=env.flag("CARDLINK_LOG_JSON", False),
+            fingerprint_secret=env.optional("CARDLINK_GATEWAY_FINGERPRINT_SECRET") or "",
         )

@@ -35,6 +35,12 @@ class CallPolicy:
     attempts: int = 2  # total tries when the peer was unreachable
     backoff_s: float = 0.05
 
+    @property
+    def budget_s(self) -> float:
+        """The longest one call can take: every try's deadline plus the backoffs."""
+        backoffs: float = sum(self.backoff_s * 2.0**i for i in range(self.attempts - 1))
+        return self.attempts * self.deadline_s + backoffs
+
 
 async def call_with_policy(
     peer: str,
@@ -72,7 +78,7 @@ def _translate(peer: str, reason: str, error: grpc.aio.AioRpcError) -> CardLinkE
         logger.warning("%s call failed: %s (%s)", peer, code.name, cause)
         return errors.Unavailable(
             reason, f"the {peer} did not answer; retry with the same request_id",
-            metadata={"cause": cause},
+            metadata={"cause": cause, "status": code.name},
         )
     typed = error_from_rpc(error)
     if isinstance(typed, errors.Unauthenticated | errors.PermissionDenied):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from common.clock import Clock
-from common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from common.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from gateway.binding import BindingService, bank_key
 from gateway.credit_store import CreditStore
 from gateway.idempotency import Codec, IdempotencyStore, fingerprint
@@ -119,6 +119,12 @@ class CreditService:
     def _check(status: str, value: str) -> None:
         if status == "NOT_FOUND":
             raise NotFound("CREDIT_LINE_NOT_FOUND", "credit line not found")
+        if status == "STATE" and value == CreditLineState.APPLIED.value:
+            # The bank's decision is not recorded yet (a DecideCredit timeout): the
+            # bank's event must be retried once the line is decided, so the refusal
+            # is ABORTED - retryable, never stored as the request's answer.
+            raise Aborted("CREDIT_LINE_STATE", "the credit line awaits the bank's decision; "
+                          "retry", metadata={"state": value})
         if status == "STATE":
             raise FailedPrecondition("CREDIT_LINE_STATE", "the credit line is not in a state "
                                      "that allows this", metadata={"state": value})

@@ -8,7 +8,8 @@ routing.
 
 from __future__ import annotations
 
-# retire: a binding leaves the live states (pending or active) for good.
+# retire: a binding leaves the live states (pending or active) for good (and
+# drops any code check in flight: ``pk``/``ph`` and the ``bchk`` marker).
 # sweep: pending-code bindings whose code expired become FAILED, so they stop
 # counting against the per-user limit and holding the card.
 PRELUDE = """
@@ -20,6 +21,8 @@ local function retire(bid, state, reason)
   local tok = redis.call('HGET', k, 'tok')
   redis.call('HSET', k, 'state', state, 'mtime', now)
   if reason then redis.call('HSET', k, 'fail', reason) end
+  redis.call('HDEL', k, 'pk', 'ph')
+  redis.call('DEL', base .. ':bchk:' .. bid)
   redis.call('SREM', base .. ':blive', bid)
   local ptr = base .. ':bcard:' .. tok
   if redis.call('GET', ptr) == bid then redis.call('DEL', ptr) end

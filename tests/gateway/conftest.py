@@ -73,6 +73,7 @@ def gateway_config(stack_dir: Path, redis_url: str, prefix: str, vault: VaultHan
         idempotency=IdempotencySettings(retention_s=3600, wait_s=5.0),
         thresholds=Thresholds(),
         thresholds_file=None,
+        fingerprint_secret="test-fingerprint-secret-0123456789",
     )
     return dataclasses.replace(config, **changes)
 

@@ -5,8 +5,9 @@
 - DECLINE DecideCredit: line DECLINED, SIMULATED_DECLINE; the user may apply again.
 - ERROR, UNAVAILABLE (beyond the gateway's one retry): UNAVAILABLE BANK_UNAVAILABLE; the
   binding stays PENDING_VERIFICATION, the line APPLIED, a code attempt is refunded.
-- TIMEOUT: UNAVAILABLE BANK_UNAVAILABLE (cause timeout); the retry with the same request
-  id gets the bank's first answer, the bank does the work once.
+- TIMEOUT: UNAVAILABLE BANK_UNAVAILABLE (cause timeout); the code attempt stays counted
+  and the check pending; the retry (same code, any request id) gets the bank's first
+  answer, the bank does the work once.
 - Latency under the deadline: the normal outcome, later; over it: as TIMEOUT.
 """
 

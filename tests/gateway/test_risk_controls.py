@@ -72,9 +72,15 @@ async def test_per_tenant_thresholds(stack: Stack) -> None:
     await sdk.create_binding("u-5", ERIN, default_consent())
     limit = await refused(sdk.create_binding("u-5", CAROL, default_consent()))
     assert isinstance(limit, ResourceExhausted) and limit.reason == "BINDINGS_PER_USER_EXCEEDED"
-    # CAROL's card: one attempt above (refused by the user limit) and one here...
-    await refused(sdk.create_binding("u-6", CAROL, default_consent()))
-    busy = await refused(sdk.create_binding("u-7", CAROL, default_consent()))
+    # Refusals before verification (the user limit above, another user's claim)
+    # do not use up CAROL's card attempts; bindings that reach the bank do.
+    carol = await sdk.create_binding("u-6", CAROL, default_consent())
+    taken = await refused(sdk.create_binding("u-7", CAROL, default_consent()))
+    assert isinstance(taken, FailedPrecondition) and taken.reason == "CARD_BOUND_TO_OTHER_USER"
+    await sdk.unbind_binding(carol.name)
+    carol = await sdk.create_binding("u-7", CAROL, default_consent())
+    await sdk.unbind_binding(carol.name)
+    busy = await refused(sdk.create_binding("u-8", CAROL, default_consent()))
     assert isinstance(busy, ResourceExhausted) and busy.reason == "CARD_ATTEMPTS_EXCEEDED"
 
 

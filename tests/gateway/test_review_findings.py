@@ -1,0 +1,179 @@
+"""Review findings (second pair of eyes on the gateway): each test shows one defect.
+
+Every test here asserts the behaviour the requirements ask for and FAILS on the
+current code; the docstring says which finding it demonstrates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from cardlink.bank.v1 import simulator_pb2 as sim
+from cardlink.gateway.v1 import bank_events_pb2, bank_events_pb2_grpc, resources_pb2
+from clients.sdk import FailedPrecondition
+from common.auth import bearer_metadata
+from common.grpc_errors import rpc_errors
+from gateway.connectors import CallPolicy
+from gateway.names import credit_line_name, derived_id, parse_user
+from tests.gateway.conftest import (
+    ALICE,
+    GATEWAY_AUDIENCE,
+    Stack,
+    default_consent,
+    refused,
+)
+
+Binding = resources_pb2.Binding
+Line = resources_pb2.CreditLine
+
+
+def _short(value: object) -> str:
+    if isinstance(value, Exception):
+        return repr(value)
+    return f"{getattr(value, 'name', '')} state={getattr(value, 'state', '')}"
+
+
+async def _settle(*calls: object) -> list[object]:
+    """Run calls concurrently; return each answer or the typed error it failed with."""
+
+    async def one(call: object) -> object:
+        try:
+            with rpc_errors():
+                return await call  # type: ignore[misc]
+        except Exception as error:  # the error is the result here
+            return error
+
+    return list(await asyncio.gather(*(one(c) for c in calls)))
+
+
+async def test_double_submitted_right_code_keeps_the_card_owned(stack: Stack) -> None:
+    """F1: binding.py:244-247 releases the card claim even when the retire was a no-op.
+
+    The user taps "confirm" twice (two request ids, same right code). The first
+    check to reach the bank matches and consumes the code; the second gets
+    EXPIRED, its retire finds the binding ACTIVE and does nothing, but
+    `_release_card` still deletes the card's owner. Another user of the tenant
+    can then bind the same card: two live bindings of one card.
+    """
+    sdk = await stack.sdk()
+    binding = await sdk.create_binding("u-1", ALICE, default_consent())
+    code = await stack.code_for(ALICE)
+    # The first CheckCode to reach the bank is delayed (below the deadline).
+    await stack.switch(sim.CALL_KIND_CHECK_CODE, sim.MODE_NORMAL, latency_s=0.3, times=1)
+    slow = asyncio.ensure_future(_settle(sdk.confirm_binding(binding.name, code)))
+    await asyncio.sleep(0.1)
+    fast = await sdk.confirm_binding(binding.name, code)
+    assert fast.state == Binding.STATE_ACTIVE
+    await slow
+    assert (await sdk.get_binding(binding.name)).state == Binding.STATE_ACTIVE
+    # The card is bound to u-1: another user must be refused.
+    other = await _settle(sdk.create_binding("u-2", ALICE, default_consent()))
+    assert isinstance(other[0], FailedPrecondition), (
+        f"card of an ACTIVE binding was released; u-2 got {_short(other[0])}")
+
+
+async def test_wrong_code_racing_the_right_one_keeps_the_card_owned(stack: Stack) -> None:
+    """F1 (second path): binding.py:250-258, _CODE_MISMATCH returns LOCKED for any
+    non-PENDING_CODE state, so a wrong code that loses the race against the right
+    one releases the card of the now-ACTIVE binding and answers TOO_MANY_ATTEMPTS."""
+    sdk = await stack.sdk()
+    binding = await sdk.create_binding("u-1", ALICE, default_consent())
+    code = await stack.code_for(ALICE)
+    wrong = "000000" if code != "000000" else "111111"
+    await stack.switch(sim.CALL_KIND_CHECK_CODE, sim.MODE_NORMAL, latency_s=0.3, times=1)
+    slow = asyncio.ensure_future(_settle(sdk.confirm_binding(binding.name, wrong)))
+    await asyncio.sleep(0.1)
+    assert (await sdk.confirm_binding(binding.name, code)).state == Binding.STATE_ACTIVE
+    await slow
+    other = await _settle(sdk.create_binding("u-2", ALICE, default_consent()))
+    assert isinstance(other[0], FailedPrecondition), (
+        f"card of an ACTIVE binding was released; u-2 got {_short(other[0])}")
+
+
+async def test_right_code_after_bank_timeout_with_new_request_id(stack: Stack) -> None:
+    """F2: binding.py:230 keys the bank's code check by (binding, request id).
+
+    The right code times out at the bank (the bank matched and consumed it);
+    the attempt is refunded. The user retries the same code from the app, which
+    sends a new request id: a new bank key, the bank says EXPIRED (code used),
+    and the binding FAILS with CODE_EXPIRED although the right code was given.
+    ARCHITECTURE.md promises a new request id for the same binding resumes the
+    same bank key.
+    """
+    sdk = await stack.sdk()
+    binding = await sdk.create_binding("u-1", ALICE, default_consent())
+    code = await stack.code_for(ALICE)
+    await stack.switch(sim.CALL_KIND_CHECK_CODE, sim.MODE_TIMEOUT, times=1)
+    await refused(sdk.confirm_binding(binding.name, code))
+    again = await _settle(sdk.confirm_binding(binding.name, code))
+    assert not isinstance(again[0], Exception), f"right code refused: {again[0]!r}"
+    assert again[0].state == Binding.STATE_ACTIVE  # type: ignore[attr-defined]
+
+
+async def test_slow_bank_does_not_allow_more_guesses_than_the_limit(stack: Stack) -> None:
+    """F2 (guessing): binding.py:232-235 refunds the attempt on every unknown
+    outcome, although the bank did check the code. With the bank timing out,
+    every guess under a new request id reaches the bank and none is counted:
+    the bank checks more codes than code_max_attempts (3)."""
+    sdk = await stack.sdk()
+    binding = await sdk.create_binding("u-1", ALICE, default_consent())
+    await stack.switch(sim.CALL_KIND_CHECK_CODE, sim.MODE_TIMEOUT)
+    before = (await stack.stats()).code_checks
+    for guess in ("100001", "100002", "100003", "100004", "100005"):
+        await refused(sdk.confirm_binding(binding.name, guess))
+    checked = (await stack.stats()).code_checks - before
+    left = (await sdk.get_binding(binding.name)).code_attempts_left
+    assert checked <= 3, f"the bank checked {checked} guesses; gateway still shows {left} left"
+
+
+async def test_refused_create_by_another_user_does_not_change_the_card(stack: Stack) -> None:
+    """F3: binding.py:109 tokenizes (and the vault's update_known overwrites the
+    holder name / national id / phone of the existing token) before any check:
+    a request later refused CARD_BOUND_TO_OTHER_USER still rewrites the card the
+    bank verifies for the real owner, whose verification then fails."""
+    await stack.restart_gateway(bank_policy=CallPolicy(deadline_s=3.0, attempts=2,
+                                                       backoff_s=0.01))
+    sdk = await stack.sdk()
+    await stack.switch(sim.CALL_KIND_VERIFY_HOLDER, sim.MODE_NORMAL, latency_s=1.0, times=1)
+    owner = asyncio.ensure_future(_settle(sdk.create_binding("u-1", ALICE, default_consent())))
+    await asyncio.sleep(0.3)
+    mallory = type(ALICE)()
+    mallory.CopyFrom(ALICE)
+    mallory.national_id = "ID-MALLORY-9"
+    refusal = await refused(sdk.create_binding("u-2", mallory, default_consent()))
+    assert refusal.reason == "CARD_BOUND_TO_OTHER_USER"
+    (result,) = await owner
+    assert not isinstance(result, Exception), repr(result)
+    assert result.state == Binding.STATE_PENDING_CODE, (  # type: ignore[attr-defined]
+        f"owner's binding {result.failure_reason}")  # type: ignore[attr-defined]
+
+
+async def test_freeze_refused_while_applied_is_not_replayed_forever(stack: Stack) -> None:
+    """F4: credit.py:104-116 + idempotency.py:398 store a transient
+    CREDIT_LINE_STATE refusal (line still APPLIED after a DecideCredit timeout)
+    as a definite answer. The line then turns ACTIVE on the partner's retry with
+    the bank's original limit, and the bank's retry of its freeze keeps getting
+    the stored refusal: the line stays spendable although the bank froze it."""
+    sdk = await stack.sdk()
+    binding = await sdk.create_binding("u-1", ALICE, default_consent())
+    binding = await sdk.confirm_binding(binding.name, await stack.code_for(ALICE))
+    request_id = str(uuid.uuid4())
+    await stack.switch(sim.CALL_KIND_DECIDE_CREDIT, sim.MODE_TIMEOUT, times=1)
+    await refused(sdk.activate_credit_line("u-1", binding.name, request_id=request_id))
+    user = parse_user("tenants/acme/users/u-1")
+    line_name = str(credit_line_name(user, derived_id("cln", str(user), request_id)))
+
+    events = bank_events_pb2_grpc.BankEventsStub(stack.channel)
+    auth = bearer_metadata(stack.vault.identities.token(
+        "cardlink-bank", "acme", ["gateway.bank.events"], audience=GATEWAY_AUDIENCE))
+    freeze = bank_events_pb2.FreezeCreditLineRequest(
+        name=line_name, reason="FRAUD", request_id=str(uuid.uuid4()))
+    first = await refused(events.FreezeCreditLine(freeze, metadata=auth))
+    assert first.reason == "CREDIT_LINE_STATE"
+
+    line = await sdk.activate_credit_line("u-1", binding.name, request_id=request_id)
+    assert line.state == Line.STATE_ACTIVE
+    retried = await _settle(events.FreezeCreditLine(freeze, metadata=auth))
+    assert not isinstance(retried[0], Exception), f"bank's freeze retry: {retried[0]!r}"
+    assert retried[0].state == Line.STATE_FROZEN  # type: ignore[attr-defined]

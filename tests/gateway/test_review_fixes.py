@@ -1,0 +1,127 @@
+"""The fixes of the review findings that test_review_findings.py does not cover."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cardlink.bank.v1 import simulator_pb2 as sim
+from cardlink.gateway.v1 import resources_pb2
+from clients.sdk import Aborted, FailedPrecondition, InvalidArgument, ResourceExhausted
+from common.config import ConfigError
+from gateway.config import GatewayConfig
+from gateway.connectors import CallPolicy
+from gateway.idempotency import fingerprint
+from tests.gateway.conftest import ALICE, Stack, default_consent, refused
+
+Binding = resources_pb2.Binding
+
+
+def _wrong(code: str, n: int = 0) -> str:
+    return next(c for c in (f"{n}0000{n}", "000000", "111111") if c != code)
+
+
+async def test_unreachable_bank_gives_the_attempt_back(stack: Stack) -> None:
+    """Finding 2: only a bank that provably did nothing refunds the attempt."""
+    sdk = await stack.sdk()
+    binding = await sdk.create_binding("u-1", ALICE, default_consent())
+    code = await stack.code_for(ALICE)
+    await stack.switch(sim.CALL_KIND_CHECK_CODE, sim.MODE_UNAVAILABLE, times=2)
+    await refused(sdk.confirm_binding(binding.name, _wrong(code)))
+    assert (await sdk.get_binding(binding.name)).code_attempts_left == 3
+    # The pending check was dropped with the refund: another code goes through.
+    assert (await sdk.confirm_binding(binding.name, code)).state == Binding.STATE_ACTIVE
+
+
+async def test_another_code_waits_for_a_check_of_unknown_outcome(stack: Stack) -> None:
+    """Finding 2: after a timeout the check stays pending; a different code is
+    ABORTED (not stored), the same code under a new request id resolves it."""
+    sdk = await stack.sdk()
+    binding = await sdk.create_binding("u-1", ALICE, default_consent())
+    code = await stack.code_for(ALICE)
+    await stack.switch(sim.CALL_KIND_CHECK_CODE, sim.MODE_TIMEOUT, times=1)
+    await refused(sdk.confirm_binding(binding.name, _wrong(code)))
+    assert (await sdk.get_binding(binding.name)).code_attempts_left == 2
+    request_id = str(uuid.uuid4())
+    busy = await refused(sdk.confirm_binding(binding.name, code, request_id=request_id))
+    assert isinstance(busy, Aborted) and busy.reason == "CODE_CHECK_PENDING"
+    wrong = await refused(sdk.confirm_binding(binding.name, _wrong(code)))
+    assert isinstance(wrong, InvalidArgument) and wrong.metadata["attempts_left"] == "2"
+    # ABORTED was not stored: the same request id now runs the check.
+    active = await sdk.confirm_binding(binding.name, code, request_id=request_id)
+    assert active.state == Binding.STATE_ACTIVE
+    assert (await stack.stats()).code_checks == 2
+
+
+async def test_refused_strangers_do_not_use_up_card_attempts(stack: Stack) -> None:
+    """Finding 4: the per-card attempt counter moves only for a successful claim."""
+    overrides = stack.folder / "thresholds.json"
+    overrides.write_text(json.dumps({"tenants": {"acme": {"max_card_attempts": 2}}}))
+    await stack.restart_gateway(thresholds_file=overrides)
+    sdk = await stack.sdk()
+    first = await sdk.create_binding("u-1", ALICE, default_consent())
+    for user in ("u-2", "u-3", "u-4"):
+        taken = await refused(sdk.create_binding(user, ALICE, default_consent()))
+        assert isinstance(taken, FailedPrecondition), taken
+    await sdk.unbind_binding(first.name)
+    second = await sdk.create_binding("u-5", ALICE, default_consent())
+    assert second.state == Binding.STATE_PENDING_CODE
+    await sdk.unbind_binding(second.name)
+    busy = await refused(sdk.create_binding("u-6", ALICE, default_consent()))
+    assert isinstance(busy, ResourceExhausted) and busy.reason == "CARD_ATTEMPTS_EXCEEDED"
+    shown = [b async for b in sdk.list_bindings("u-6")]
+    assert [(b.state, b.failure_reason) for b in shown] == [
+        (Binding.STATE_FAILED, "CARD_ATTEMPTS_EXCEEDED")]
+    # The refused attempt released its claim.
+    again = await refused(sdk.create_binding("u-7", ALICE, default_consent()))
+    assert isinstance(again, ResourceExhausted) and again.reason == "CARD_ATTEMPTS_EXCEEDED"
+
+
+async def test_unbinding_does_not_reset_wrong_code_counting(stack: Stack) -> None:
+    """Finding 5: wrong codes count per (user, card), not per binding."""
+    sdk = await stack.sdk()
+    binding = await sdk.create_binding("u-1", ALICE, default_consent())
+    code = await stack.code_for(ALICE)
+    await refused(sdk.confirm_binding(binding.name, _wrong(code, 1)))
+    await refused(sdk.confirm_binding(binding.name, _wrong(code, 2)))
+    await sdk.unbind_binding(binding.name)
+    again = await sdk.create_binding("u-1", ALICE, default_consent())
+    assert again.code_attempts_left == 1
+    code = await stack.code_for(ALICE)
+    last = await refused(sdk.confirm_binding(again.name, _wrong(code, 3)))
+    assert isinstance(last, ResourceExhausted) and last.reason == "TOO_MANY_ATTEMPTS"
+    locked = await refused(sdk.create_binding("u-1", ALICE, default_consent()))
+    assert isinstance(locked, ResourceExhausted) and locked.reason == "BINDING_LOCKED_OUT"
+
+
+async def test_confirm_fingerprint_is_not_a_plain_hash_of_the_code(stack: Stack) -> None:
+    """Finding 6: the stored fingerprint is keyed by the deployment secret."""
+    sdk = await stack.sdk()
+    binding = await sdk.create_binding("u-1", ALICE, default_consent())
+    code = await stack.code_for(ALICE)
+    request_id = str(uuid.uuid4())
+    await sdk.confirm_binding(binding.name, code, request_id=request_id)
+    key = stack.gateway.keyspace.idempotency("acme", "ConfirmBinding", request_id)
+    raw = await stack.redis.hget(key, "fp")
+    stored = raw.decode() if isinstance(raw, bytes) else str(raw or "")
+    assert stored
+    assert stored != fingerprint(binding.name, hashlib.sha256(code.encode()).hexdigest())
+
+
+def test_fingerprint_secret_is_required_and_lease_is_derived(tmp_path: Path) -> None:
+    """Findings 6 and 7."""
+    config = GatewayConfig.from_env({"REDIS_URL": "redis://x",
+                                     "CARDLINK_STATE_DIR": str(tmp_path),
+                                     "CARDLINK_GATEWAY_BANK_DEADLINE_S": "10",
+                                     "CARDLINK_GATEWAY_BANK_ATTEMPTS": "3"})
+    with pytest.raises(ConfigError):
+        config.code_fingerprint_key()
+    bank = CallPolicy(deadline_s=10.0, attempts=3)
+    assert config.idempotency.lease_s > 2 * bank.budget_s > 3 * 10.0
+    secret = GatewayConfig.from_env({"REDIS_URL": "redis://x",
+                                     "CARDLINK_GATEWAY_FINGERPRINT_SECRET": "s" * 32})
+    assert secret.code_fingerprint_key() == b"s" * 32
