@@ -7,6 +7,7 @@ gRPC transport is ``vault.admin_servicer``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -18,6 +19,7 @@ from vault.audit import (
     KEY_RETIRE,
     KEY_REWRAP,
     KEY_ROTATE,
+    RESULT_INTENT,
     RESULT_OK,
     ROOT_INIT,
     ROOT_REKEY,
@@ -32,6 +34,8 @@ from vault.lifecycle import KeyLifecycle, KeyringStatus
 from vault.rewrap import Rewrapper, RewrapProgress
 from vault.service import Actor
 from vault.unseal import REKEY, ROTATE_ROOT, CeremonyOutcome, SealState, ShamirRootKeys
+
+_log = logging.getLogger(__name__)
 
 DEV_MODE = "DEV_MODE"
 T = TypeVar("T")
@@ -66,13 +70,28 @@ class KeyAdminService:
         self._on_unseal.append(callback)
 
     async def _audited(self, action: str, actor: Actor, detail: str,
-                       operation: Callable[[], Awaitable[T]]) -> T:
+                       operation: Callable[[], Awaitable[T]], *,
+                       return_despite_audit: bool = False) -> T:
+        """Audit-before-act: a durable intent entry first (if it cannot be
+        written, nothing happens), then the operation, then its outcome.
+
+        ``return_despite_audit``: the result must reach the caller even when
+        the outcome entry cannot be written (new custodian shares exist only
+        in this reply); the failure is logged and the intent entry stands.
+        """
+        await self._record(action, actor, RESULT_INTENT, detail)
         try:
             result = await operation()
         except CardLinkError as error:
             await self._record(action, actor, error.reason, detail)
             raise
-        await self._record(action, actor, RESULT_OK, detail)
+        try:
+            await self._record(action, actor, RESULT_OK, detail)
+        except CardLinkError as error:
+            if not return_despite_audit:
+                raise
+            _log.error("audit outcome entry for %s could not be written (%s); "
+                       "the intent entry records the attempt", action, error.reason)
         return result
 
     async def _record(self, action: str, actor: Actor, result: str, detail: str) -> None:
@@ -98,17 +117,24 @@ class KeyAdminService:
                                    lambda: self._lifecycle.retire(kind, version))
 
     async def destroy_expired(self) -> list[EntryInfo]:
-        """Destroy sealing keys past their grace period (audited when any were)."""
+        """Destroy sealing keys past their grace period (audited before and after)."""
         if self._keyring.sealed:
             return []
-        destroyed = await self._lifecycle.destroy_expired()
+        due = await self._lifecycle.expired_sealing_keys()
+        if not due:
+            return []
+        vault = Actor("vault")
+        for info in due:
+            await self._record(KEY_DESTROY, vault, RESULT_INTENT, _destroy_detail(info))
+        destroyed = await self._lifecycle.destroy_expired(only=[i.version for i in due])
         for info in destroyed:
-            await self._record(KEY_DESTROY, Actor("vault"), RESULT_OK,
-                               f"kind={info.kind} version={info.version} key_id={info.key_id}")
+            await self._record(KEY_DESTROY, vault, RESULT_OK, _destroy_detail(info))
         return destroyed
 
     async def rewrap(self, batch_size: int, limit: int,
                      actor: Actor) -> AsyncIterator[RewrapProgress]:
+        await self._record(KEY_REWRAP, actor, RESULT_INTENT,
+                           f"batch_size={batch_size} limit={limit}")
         last: RewrapProgress | None = None
         try:
             async for progress in self._rewrapper.run(batch_size, limit):
@@ -135,7 +161,8 @@ class KeyAdminService:
     async def init(self, threshold: int, count: int, actor: Actor) -> tuple[list[str], SealState]:
         unsealer = self._require_production()
         shares = await self._audited(ROOT_INIT, actor, f"threshold={threshold} shares={count}",
-                                     lambda: unsealer.init(threshold, count))
+                                     lambda: unsealer.init(threshold, count),
+                                     return_despite_audit=True)
         return shares, await unsealer.state()
 
     async def unseal(self, share: str, actor: Actor) -> SealState:
@@ -152,14 +179,16 @@ class KeyAdminService:
                     actor: Actor) -> CeremonyOutcome:
         unsealer = self._require_production()
         return await self._audited(ROOT_REKEY, actor, f"threshold={threshold} shares={count}",
-                                   lambda: unsealer.ceremony(REKEY, share, threshold, count))
+                                   lambda: unsealer.ceremony(REKEY, share, threshold, count),
+                                   return_despite_audit=True)
 
     async def rotate_root(self, share: str, threshold: int, count: int,
                           actor: Actor) -> CeremonyOutcome:
         unsealer = self._require_production()
         return await self._audited(ROOT_ROTATE, actor, f"threshold={threshold} shares={count}",
                                    lambda: unsealer.ceremony(ROTATE_ROOT, share, threshold,
-                                                             count))
+                                                             count),
+                                   return_despite_audit=True)
 
     # --- audit -----------------------------------------------------------------------
 
@@ -168,6 +197,10 @@ class KeyAdminService:
 
     def export_audit(self, start_seq: int) -> AsyncIterator[tuple[str, dict[str, str]]]:
         return self._audit.entries(start_seq)
+
+
+def _destroy_detail(info: EntryInfo) -> str:
+    return f"kind={info.kind} version={info.version} key_id={info.key_id}"
 
 
 def _rewrap_detail(progress: RewrapProgress | None) -> str:

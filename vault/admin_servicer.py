@@ -15,7 +15,7 @@ from vault.admin import KeyAdminService
 from vault.keyring import FINGERPRINT, KEK, SEALING, SIGNING, EntryInfo
 from vault.lifecycle import KEY_KIND_INVALID, VersionStatus
 from vault.rewrap import RewrapProgress
-from vault.service import Actor
+from vault.service import Actor, check_request_id
 from vault.unseal import CeremonyOutcome, SealState
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -44,7 +44,7 @@ def _timestamp(seconds: float | None) -> Timestamp | None:
 
 
 def _actor(request_id: str = "") -> Actor:
-    return Actor(caller=current_principal().subject, request_id=request_id)
+    return Actor(caller=current_principal().subject, request_id=check_request_id(request_id))
 
 
 def key_version(info: EntryInfo, *, current: bool = False, records: int = 0,

@@ -77,7 +77,7 @@ def build_services(config: VaultConfig, redis: aioredis.Redis,
     service = VaultService.create(
         redis, prefix=config.redis_prefix, clock=clock, root_keys=unsealer,
         dev_key_file=None if unsealer else config.key_file,
-        keyring_refresh_seconds=config.keyring_refresh_s)
+        keyring_refresh_seconds=config.keyring_refresh_s, key_settle_seconds=config.key_settle_s)
     if unsealer is not None:
         unsealer.attach(service.keyring)
     audit = service.audit

@@ -50,9 +50,16 @@ ROOT_REKEY = "root.rekey"
 ROOT_ROTATE = "root.rotate"
 CALL_REFUSED = "call.refused"
 RESULT_OK = "OK"
+# Written before a destructive operation runs; the outcome entry follows it.
+RESULT_INTENT = "INTENT"
 
 FIELDS = ("action", "caller", "tenant", "token", "result", "time", "reason", "request_id")
 _MAX_BATCH = 512
+# Entries kept in memory while sealed (unseal attempts, refusals): a flood of
+# refused calls must not exhaust memory. The rest are counted and the count
+# is audited after unseal.
+MAX_SEALED_BACKLOG = 10_000
+AUDIT_OVERFLOW = "audit.sealed_overflow"
 _ATTEMPTS = 16
 _PAGE = 2000
 
@@ -156,6 +163,7 @@ class AuditLog:
         self._script = redis.register_script(_APPEND)
         self._queue: list[tuple[AuditEntry, asyncio.Future[str]]] = []
         self._sealed_backlog: list[AuditEntry] = []
+        self._sealed_dropped = 0
         self._task: asyncio.Task[None] | None = None
         self._head: tuple[int, str] | None = None
         self._mac: tuple[bytes, AuditMacKey] | None = None
@@ -163,15 +171,26 @@ class AuditLog:
     async def append(self, entry: AuditEntry) -> str:
         """The stream id of the written entry ('' while sealed: written after unseal)."""
         if self._keyring.sealed:
-            self._sealed_backlog.append(entry)
+            if len(self._sealed_backlog) < MAX_SEALED_BACKLOG:
+                self._sealed_backlog.append(entry)
+            else:
+                self._sealed_dropped += 1
             return ""
-        if self._sealed_backlog:
+        if self._sealed_backlog or self._sealed_dropped:
             await self.flush_backlog()
         return await self._enqueue(entry)
 
     async def flush_backlog(self) -> None:
         """Chain what was recorded while sealed (called right after unseal)."""
         backlog, self._sealed_backlog = self._sealed_backlog, []
+        dropped, self._sealed_dropped = self._sealed_dropped, 0
+        if dropped:
+            last = backlog[-1].time if backlog else 0.0
+            backlog.append(AuditEntry(
+                action=AUDIT_OVERFLOW, caller="vault", tenant="", token="",
+                result="DROPPED", time=last,
+                reason=f"{dropped} entries not kept while sealed (backlog limit "
+                       f"{MAX_SEALED_BACKLOG})"))
         await asyncio.gather(*(self._enqueue(e) for e in backlog))
 
     def _enqueue(self, entry: AuditEntry) -> asyncio.Future[str]:
@@ -256,20 +275,37 @@ class AuditLog:
             after = "(" + _text(page[-1][0])
 
     async def verify(self) -> Verification:
-        """Check every entry's sequence number and MAC, then the head."""
+        """Check every entry's sequence number and MAC, then the head.
+
+        Entries past the head are checked too: ones appended while this runs
+        chain on and are covered by the head read at the end; any the final
+        head does not cover mean the head was deleted or moved back
+        (BEYOND_HEAD).
+        """
         head_seq, head_mac = await self.head()
         mac_key = await self._mac_key()
         expected, previous, verified = 1, "", 0
+        mac_at_head, first_beyond = "", ""
         async for entry_id, fields in self.entries():
-            if expected > head_seq:
-                break  # appended after the head was read
             problem = self._check(mac_key, fields, expected, previous)
             if problem:
                 return Verification(False, verified, problem, entry_id, expected, head_seq,
                                     head_mac)
-            previous, expected, verified = fields["mac"], expected + 1, verified + 1
-        if verified != head_seq or previous != head_mac:
-            return Verification(False, verified, "TRUNCATED", "", expected, head_seq, head_mac)
+            if expected <= head_seq:
+                verified += 1
+                if expected == head_seq:
+                    mac_at_head = fields["mac"]
+            elif not first_beyond:
+                first_beyond = entry_id
+            previous, expected = fields["mac"], expected + 1
+        if verified != head_seq or mac_at_head != head_mac:
+            return Verification(False, verified, "TRUNCATED", "", verified + 1, head_seq,
+                                head_mac)
+        if first_beyond:
+            latest_seq, _ = await self.head()
+            if latest_seq < expected - 1:
+                return Verification(False, verified, "BEYOND_HEAD", first_beyond, head_seq + 1,
+                                     head_seq, head_mac)
         return Verification(True, verified, head_seq=head_seq, head_mac=head_mac)
 
     @staticmethod

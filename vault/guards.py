@@ -17,6 +17,7 @@ import jwt
 from common.auth import PUBLIC_METHOD_PREFIXES, bearer_token, optional_principal
 from common.clock import Clock
 from common.errors import PermissionDenied, Unauthenticated, Unavailable
+from common.logging import redact
 from common.server import Behavior
 from vault.audit import CALL_REFUSED, AuditEntry, AuditSink
 from vault.keyring import Keyring
@@ -107,4 +108,18 @@ def _claimed_caller(metadata: Any) -> str:
         claims = jwt.decode(bearer_token(metadata), options={"verify_signature": False})
     except (Unauthenticated, jwt.PyJWTError, ValueError):
         return "unauthenticated"
-    return f"unverified:{str(claims.get('iss', ''))[:64]}/{str(claims.get('sub', ''))[:64]}"
+    if not isinstance(claims, dict):
+        return "unauthenticated"
+    return f"unverified:{_claim(claims.get('iss'))}/{_claim(claims.get('sub'))}"
+
+
+_CLAIM_SCAN_CHARS = 512
+CLAIM_MAX_CHARS = 64
+
+
+def _claim(value: Any) -> str:
+    """An unverified claim fit for the audit log: printable, no digit runs that
+    could be a card number, bounded length."""
+    text = value if isinstance(value, str) else ""
+    text = "".join(c if c.isprintable() else "?" for c in text[:_CLAIM_SCAN_CHARS])
+    return redact(text)[:CLAIM_MAX_CHARS]

@@ -36,6 +36,7 @@ import os
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -240,12 +241,35 @@ class KeySnapshot:
     fingerprint_keys: tuple[FingerprintKey, ...]  # current first
     sealing_keys: tuple[SealingKeyVersion, ...]  # current first
     signing_keys: tuple[SigningKeyVersion, ...]
-    audit_key: bytes
+    audit_key: bytes = dc_field(repr=False)
+    # Fingerprint version -> create time (when it was rotated in).
+    fingerprint_create_times: Mapping[int, float] = dc_field(default_factory=dict)
 
     @property
     def fingerprint_key(self) -> FingerprintKey:
-        """The current fingerprint key (new records and rewrap use it)."""
+        """The current fingerprint key (lookups consult it first)."""
         return self.fingerprint_keys[0]
+
+    def fingerprint_write_key(self, now: float, settle_seconds: float) -> FingerprintKey:
+        """The fingerprint version new mappings are written under (tokenize, rewrap).
+
+        A version rotated in less than ``settle_seconds`` ago is lookup-only:
+        a process whose snapshot predates the rotation (up to one keyring
+        refresh) looks only at older versions, and would mint a second token
+        for a card mapped under the new one. Until then the newest settled
+        version is written; the oldest live version always qualifies.
+        """
+        for key in self.fingerprint_keys:  # current first, then newest first
+            created = self.fingerprint_create_times.get(key.version, float("-inf"))
+            if created + settle_seconds <= now:
+                return key
+        return min(self.fingerprint_keys, key=lambda k: k.version)
+
+    def fingerprint_version(self, version: int) -> FingerprintKey | None:
+        for key in self.fingerprint_keys:
+            if key.version == version:
+                return key
+        return None
 
     def kek_version(self, version: int) -> Kek | None:
         return self.keks.get(version)
@@ -267,7 +291,7 @@ class _Entry:
     key_id: str
     create_time: float
     expire_time: float | None
-    material: bytes
+    material: bytes = dc_field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +336,7 @@ def _build_snapshot(generation: int, entries: list[_Entry],
             for e in _current_first(by_kind[SIGNING], current[SIGNING])
         ),
         audit_key=_current_first(by_kind[AUDIT], current[AUDIT])[0].material,
+        fingerprint_create_times={e.version: e.create_time for e in by_kind[FINGERPRINT]},
     )
 
 
@@ -403,6 +428,9 @@ def _text(value: bytes | str) -> str:
 # --- the keyring ------------------------------------------------------------------
 
 
+DEFAULT_SETTLE_SECONDS = 30.0  # CARDLINK_KEY_SETTLE_S
+
+
 class Keyring:
     """The process's cached view of the vault keys, refreshed cheaply.
 
@@ -414,8 +442,10 @@ class Keyring:
     """
 
     def __init__(self, redis: Redis, *, prefix: str, root_keys: RootKeyProvider, clock: Clock,
-                 refresh_seconds: float = 1.0, create_if_missing: bool = True) -> None:
+                 refresh_seconds: float = 1.0, create_if_missing: bool = True,
+                 settle_seconds: float = DEFAULT_SETTLE_SECONDS) -> None:
         self._redis = redis
+        self.settle_seconds = settle_seconds
         self._key = keys_key(prefix)
         self._root_keys = root_keys
         self._clock = clock
@@ -470,6 +500,10 @@ class Keyring:
         if current is not None and self._clock.now() - self._checked_at < self._refresh_seconds:
             return current
         return None
+
+    def fingerprint_write_key(self, keys: KeySnapshot) -> FingerprintKey:
+        """``keys``' fingerprint version for new mappings now (see KeySnapshot)."""
+        return keys.fingerprint_write_key(self._clock.now(), self.settle_seconds)
 
     async def snapshot(self) -> KeySnapshot:
         return self._fresh() or await self._check(force=False)

@@ -17,7 +17,7 @@ scan then confirms no record names it before the material is deleted.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -182,14 +182,24 @@ class KeyLifecycle:
             values = await pipe.execute()
         return sum(1 for v in values if v == wanted)
 
-    async def destroy_expired(self) -> list[EntryInfo]:
-        """Delete sealing keys whose grace period is over; returns what was destroyed."""
+    def _expired(self, fields: Mapping[str, str]) -> list[EntryInfo]:
+        now = self._clock.now()
+        current = int(fields[current_field(SEALING)])
+        return [i for i in _entries(fields) if i.kind == SEALING and i.version != current
+                and i.expire_time is not None and i.expire_time <= now]
+
+    async def expired_sealing_keys(self) -> list[EntryInfo]:
+        """Sealing keys whose grace period is over (what ``destroy_expired`` would delete)."""
+        return self._expired(await read_fields(self._redis, self._keyring.key))
+
+    async def destroy_expired(self, only: Collection[int] | None = None) -> list[EntryInfo]:
+        """Delete sealing keys whose grace period is over; returns what was destroyed.
+
+        ``only``: destroy just these versions (those already announced in the audit log).
+        """
         for _ in range(_ATTEMPTS):
             fields = await read_fields(self._redis, self._keyring.key)
-            now = self._clock.now()
-            current = int(fields[current_field(SEALING)])
-            expired = [i for i in _entries(fields) if i.kind == SEALING and i.version != current
-                       and i.expire_time is not None and i.expire_time <= now]
+            expired = [i for i in self._expired(fields) if only is None or i.version in only]
             if not expired:
                 return []
             doomed = [entry_field(SEALING, i.version) for i in expired]

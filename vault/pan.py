@@ -112,6 +112,18 @@ def card_brand(pan: str) -> CardBrand:
     return CardBrand.UNSPECIFIED
 
 
+# Digits of a PAN that display data (and reprs) never show: BIN + last four
+# of a short PAN would otherwise leave one or two digits (one fixed by Luhn).
+MIN_HIDDEN_DIGITS = 6
+BIN_MAX_DIGITS = 6
+
+
+def bin_length(pan: str) -> int:
+    """Leading digits that may be shown: 6, fewer for PANs under 16 digits so
+    that at least six digits (besides the last four) stay hidden."""
+    return max(0, min(BIN_MAX_DIGITS, len(pan) - 4 - MIN_HIDDEN_DIGITS))
+
+
 def mask_holder_name(name: str) -> str:
     """Keep each word's first character: 'John Doe' -> 'J*** D**'."""
     return " ".join(word[0] + "*" * (len(word) - 1) for word in name.split())
@@ -148,13 +160,14 @@ class CardSecret:
     phone: str
 
     def __repr__(self) -> str:
-        return f"CardSecret(pan='{self.pan[:6]}...{self.pan[-4:]}', <identity hidden>)"
+        return (f"CardSecret(pan='{self.pan[:bin_length(self.pan)]}...{self.pan[-4:]}', "
+                "<identity hidden>)")
 
     __str__ = __repr__
 
     def display(self) -> CardDisplay:
         return CardDisplay(
-            bin=self.pan[:6],
+            bin=self.pan[:bin_length(self.pan)],
             last_four=self.pan[-4:],
             brand=card_brand(self.pan),
             expiry_month=self.expiry_month,

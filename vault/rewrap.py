@@ -37,6 +37,7 @@ from vault.service import card_from_bytes
 from vault.store import REWRAP_CHANGED, REWRAP_CONFLICT, REWRAP_MOVED, StoredRecord, VaultStore
 
 REWRAP_RUNNING = "REWRAP_RUNNING"
+REWRAP_LEASE_LOST = "REWRAP_LEASE_LOST"
 DEFAULT_BATCH = 500
 MAX_BATCH = 5000
 _LEASE_MS = 30_000
@@ -44,6 +45,19 @@ _RETRIES = 3
 _WALKS = 3
 # Records re-encrypted between two yields to the event loop (about 2-3 ms of CPU).
 _SLICE = 50
+
+# Save progress and renew the lease, only while this job still holds it (a
+# job that stalled past its lease must not extend another job's lease nor
+# overwrite its cursor; an expired lease nobody took is taken back).
+# KEYS: state, lease. ARGV: owner, lease ms, field, value, ...
+# Returns 1 saved, 0 the lease belongs to another run.
+_SAVE = """
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -94,6 +108,7 @@ class Rewrapper:
         self._state_key = f"{prefix}:vault:rewrap"
         self._lease_key = f"{prefix}:vault:rewrap:lease"
         self._release = redis.register_script(_RELEASE)
+        self._save_script = redis.register_script(_SAVE)
 
     async def progress(self) -> RewrapProgress:
         """Where the last (or running) rewrap stands, for status."""
@@ -203,7 +218,9 @@ class Rewrapper:
             new = replace(new, envelope=keys.kek.seal(plaintext, tenant=record.tenant,
                                                       token=record.token))
         if record.fingerprint_version != state.fp:
-            fingerprint_key = keys.fingerprint_key
+            fingerprint_key = keys.fingerprint_version(state.fp)
+            if fingerprint_key is None:
+                return None  # a rotation happened mid-run: the next run restarts the walk
             new = replace(new, fingerprint=fingerprint_key.fingerprint(record.tenant, pan),
                           fingerprint_version=fingerprint_key.version)
         return record, new
@@ -212,7 +229,9 @@ class Rewrapper:
         with redis_errors():
             raw = await self._redis.hgetall(self._state_key)
         saved = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
-        target = (keys.kek.version, keys.fingerprint_key.version)
+        # Fingerprints move to the write version only: a freshly rotated one
+        # stays lookup-only until it has settled (see KeySnapshot).
+        target = (keys.kek.version, self._keyring.fingerprint_write_key(keys).version)
         if (saved.get("kek"), saved.get("fp")) != target:
             # A new rotation: a fresh walk toward the new targets.
             return _State(0, target[0], target[1], 0, 0)
@@ -220,8 +239,11 @@ class Rewrapper:
                       saved.get("skipped", 0))
 
     async def _save(self, state: _State, owner: str) -> None:
+        args: list[str] = [owner, str(_LEASE_MS)]
+        for name, value in state.fields().items():
+            args += [name, value]
         with redis_errors():
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self._state_key, mapping=state.fields())  # type: ignore[arg-type]
-                pipe.pexpire(self._lease_key, _LEASE_MS)
-                await pipe.execute()
+            saved = await self._save_script(keys=[self._state_key, self._lease_key], args=args)
+        if not int(saved):
+            raise Aborted(REWRAP_LEASE_LOST, "this rewrap lost its lease to another run; "
+                          "its progress is kept by that run")

@@ -6,6 +6,7 @@ Plain async Python over the keyring, the store and the audit log. Raises
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +24,37 @@ from common.errors import (
     NotFound,
     invalid_field,
 )
-from vault.audit import DELETE, DETOKENIZE, RESULT_OK, AuditEntry, AuditLog, AuditSink
+from common.logging import redact
+from vault.access import TENANT_MISMATCH
+from vault.audit import (
+    DELETE,
+    DETOKENIZE,
+    RESULT_INTENT,
+    RESULT_OK,
+    AuditEntry,
+    AuditLog,
+    AuditSink,
+)
 from vault.crypto import AEAD_ID, KDF_ID, KEM_ID, DecryptionFailed, Kek
-from vault.keyring import DevKeyFile, Keyring, KeySnapshot, RootKeyProvider, SealingKeyVersion
+from vault.keyring import (
+    DEFAULT_SETTLE_SECONDS,
+    DevKeyFile,
+    Keyring,
+    KeySnapshot,
+    RootKeyProvider,
+    SealingKeyVersion,
+)
 from vault.pan import CardDisplay, CardSecret, validate_card
 from vault.store import StoredRecord, VaultStore
-from vault.tokens import check_tenant, check_token, new_token, token_name
+from vault.tokens import (
+    check_tenant,
+    check_token,
+    is_tenant,
+    is_token,
+    new_token,
+    parse_token_name,
+    token_name,
+)
 
 MAX_SEALED_CARD_BYTES = 4096
 MAX_KEY_ID_CHARS = 64
@@ -41,6 +67,8 @@ SEALING_KEY_UNKNOWN = "SEALING_KEY_UNKNOWN"
 SEALING_KEY_EXPIRED = "SEALING_KEY_EXPIRED"
 TOKEN_NOT_FOUND = "TOKEN_NOT_FOUND"  # noqa: S105 (an error reason, not a secret)
 REASON_INVALID = "REASON_INVALID"
+REQUEST_ID_INVALID = "REQUEST_ID_INVALID"
+REQUEST_ID_FIELD = "request_id"
 CALLER_INVALID = "CALLER_INVALID"
 RECORD_UNREADABLE = "RECORD_UNREADABLE"
 TOKENIZE_CONFLICT = "TOKENIZE_CONFLICT"
@@ -138,16 +166,54 @@ def _check_sealed_input(key_id: str, sealed: bytes) -> None:
                             SEALED_CARD_INVALID)
 
 
+def has_card_number(text: str) -> bool:
+    """True when ``text`` holds a run of 12+ digits (optionally split by spaces or
+    dashes): the log redaction pattern of ``common.logging``, reused."""
+    return redact(text) != text
+
+
 def _check_reason(reason: str) -> str:
     if not 0 < len(reason) <= MAX_REASON_CHARS or not reason.isprintable() or not reason.strip():
         raise invalid_field("reason", f"must be 1-{MAX_REASON_CHARS} printable characters",
                             REASON_INVALID)
+    if has_card_number(reason):
+        raise invalid_field("reason", "must not contain a card number or any run of 12 or "
+                            "more digits", REASON_INVALID)
     return reason
+
+
+def _reason_loggable(reason: str) -> bool:
+    try:
+        _check_reason(reason)
+    except InvalidArgument:
+        return False
+    return True
+
+
+def request_id_valid(request_id: str) -> bool:
+    """Empty, or a UUID4 in its canonical hyphenated spelling (any letter case)."""
+    if not request_id:
+        return True
+    if len(request_id) != 36:
+        return False
+    try:
+        parsed = uuid.UUID(request_id)
+    except ValueError:
+        return False
+    return parsed.version == 4 and str(parsed) == request_id.lower()
+
+
+def check_request_id(request_id: str) -> str:
+    """``request_id`` if empty or a UUID4; INVALID_ARGUMENT REQUEST_ID_INVALID otherwise."""
+    if not request_id_valid(request_id):
+        raise invalid_field(REQUEST_ID_FIELD, "must be empty or a UUID4", REQUEST_ID_INVALID)
+    return request_id
 
 
 def _check_actor(actor: Actor) -> Actor:
     if not actor.caller:
         raise Internal(CALLER_INVALID, "the caller is not identified")
+    check_request_id(actor.request_id)
     return actor
 
 
@@ -166,7 +232,8 @@ class VaultService:
     @classmethod
     def create(cls, redis: Redis, *, prefix: str, clock: Clock,
                root_keys: RootKeyProvider | None = None, dev_key_file: Path | None = None,
-               keyring_refresh_seconds: float = 1.0) -> VaultService:
+               keyring_refresh_seconds: float = 1.0,
+               key_settle_seconds: float = DEFAULT_SETTLE_SECONDS) -> VaultService:
         """Wire a service on one Redis client (``decode_responses=False``).
 
         Pass ``root_keys`` (production) or ``dev_key_file`` (development).
@@ -178,7 +245,8 @@ class VaultService:
             root_keys = DevKeyFile(dev_key_file)
         keyring = Keyring(redis, prefix=prefix, root_keys=root_keys, clock=clock,
                           refresh_seconds=keyring_refresh_seconds,
-                          create_if_missing=dev_key_file is not None)
+                          create_if_missing=dev_key_file is not None,
+                          settle_seconds=key_settle_seconds)
         return cls(store=VaultStore(redis, prefix=prefix), keyring=keyring,
                    audit=AuditLog(redis, prefix=prefix, keyring=keyring), clock=clock)
 
@@ -240,8 +308,11 @@ class VaultService:
         sealing, keys = await self._sealing_key(keys, key_id)
         card = self._open_sealed(sealing, tenant, sealed_ciphertext)
         plaintext = card_to_bytes(card)
-        fingerprints = [(fk.version, fk.fingerprint(tenant, card.pan))
-                        for fk in keys.fingerprint_keys]
+        # Every live fingerprint version is consulted; the mapping is written under
+        # the write version (a freshly rotated one is lookup-only until settled).
+        write = self._keyring.fingerprint_write_key(keys)
+        ordered = [write, *(fk for fk in keys.fingerprint_keys if fk.version != write.version)]
+        fingerprints = [(fk.version, fk.fingerprint(tenant, card.pan)) for fk in ordered]
         fp_keys = [self._store.fingerprint_key(tenant, v, fp) for v, fp in fingerprints]
         now = self._clock.now()
         for _ in range(_TOKENIZE_ATTEMPTS):
@@ -251,14 +322,16 @@ class VaultService:
                 return TokenizeResult(_record(fresh), already_known=False)
             if outcome.existing_token is None:
                 continue  # token collision: draw another
-            index = outcome.fingerprint_index
-            known = self._stored(keys, tenant, outcome.existing_token, plaintext,
-                                 fingerprints[index], card, now)
-            create_time = await self._store.update_known(known, fp_keys[index])
-            if create_time is not None:
-                return TokenizeResult(TokenRecord(tenant, known.token, known.display,
-                                                  create_time, now), already_known=True)
-            # The token was deleted between the two scripts: start over with a new one.
+            # A known card: never rewritten (a repeated or hostile tokenize must not
+            # replace someone's holder details); answer with what is stored.
+            shown = outcome.existing
+            if shown is None:
+                shown = await self._store.load_display(tenant, outcome.existing_token)
+            if shown is not None:
+                return TokenizeResult(TokenRecord(tenant, outcome.existing_token, shown.display,
+                                                  shown.create_time, shown.update_time),
+                                      already_known=True)
+            # The token was deleted meanwhile: start over with a new one.
         raise Aborted(TOKENIZE_CONFLICT, "the card changed concurrently; retry")
 
     async def _sealing_key(self, keys: KeySnapshot,
@@ -308,32 +381,73 @@ class VaultService:
         return TokenRecord(tenant, token, shown.display, shown.create_time, shown.update_time)
 
     async def delete(self, tenant: str, token: str, actor: Actor) -> None:
-        """Delete a token and destroy its wrapped data key and ciphertext; audited."""
+        """Delete a token and destroy its wrapped data key and ciphertext.
+
+        Audit-before-act: the intent entry is written first (if it cannot be,
+        nothing is deleted), then the delete, then its outcome entry.
+        """
         check_tenant(tenant, field="name")
         check_token(token, field="name")
         _check_actor(actor)
+        await self._audit.append(self._entry(DELETE, tenant, token, actor, RESULT_INTENT))
         deleted = await self._store.delete(tenant, token)
         result = RESULT_OK if deleted else TOKEN_NOT_FOUND
         await self._audit.append(self._entry(DELETE, tenant, token, actor, result))
         if not deleted:
             raise _not_found()
 
-    async def detokenize(self, tenant: str, token: str, reason: str,
-                         actor: Actor) -> tuple[TokenRecord, CardSecret]:
+    async def detokenize(self, tenant: str, token: str, reason: str, actor: Actor, *,
+                         caller_tenant: str | None = None) -> tuple[TokenRecord, CardSecret]:
         """The card in clear. Audited before anything is returned: if the audit
-        write fails, the call fails."""
-        check_tenant(tenant, field="name")
-        check_token(token, field="name")
-        _check_reason(reason)
-        _check_actor(actor)
+        write fails, the call fails.
+
+        ``tenant`` and ``token`` are what the request named (checked here, so a
+        malformed call is audited too); ``caller_tenant`` is the credential's
+        tenant (None: the caller was already scoped to ``tenant``). Another
+        tenant's token answers the same NOT_FOUND as a missing one, and is
+        audited as TENANT_MISMATCH.
+        """
         try:
+            check_tenant(tenant, field="name")
+            check_token(token, field="name")
+            _check_actor(actor)
+            _check_reason(reason)
+            if caller_tenant is not None and caller_tenant != tenant:
+                raise _not_found()
             stored, card = await self._open_record(tenant, token)
         except CardLinkError as error:
-            await self._audit.append(self._entry(DETOKENIZE, tenant, token, actor,
-                                                 error.reason, reason))
+            await self._audit.append(self._refused_detokenize(tenant, token, reason, actor,
+                                                              caller_tenant, error))
             raise
         await self._audit.append(self._entry(DETOKENIZE, tenant, token, actor, RESULT_OK, reason))
         return _record(stored), card
+
+    async def detokenize_name(self, name: str, reason: str, actor: Actor, *,
+                              caller_tenant: str) -> tuple[TokenRecord, CardSecret]:
+        """``detokenize`` of a resource name as the request spelled it; a name
+        that does not parse is refused (INVALID_ARGUMENT) and audited."""
+        try:
+            parsed = parse_token_name(name)
+        except CardLinkError as error:
+            await self._audit.append(self._refused_detokenize("", "", reason, actor, None,
+                                                              error))
+            raise
+        return await self.detokenize(parsed.tenant, parsed.token, reason, actor,
+                                     caller_tenant=caller_tenant)
+
+    def _refused_detokenize(self, tenant: str, token: str, reason: str, actor: Actor,
+                            caller_tenant: str | None, error: CardLinkError) -> AuditEntry:
+        # Only values that passed their checks reach the log: a malformed name,
+        # reason or request id may carry a card number.
+        result = error.reason
+        shown_reason = reason if _reason_loggable(reason) else ""
+        if error.reason == TOKEN_NOT_FOUND and caller_tenant not in (None, tenant):
+            result = TENANT_MISMATCH
+            shown_reason = f"caller tenant {caller_tenant}; {shown_reason}"
+        clean = Actor(actor.caller, actor.request_id if request_id_valid(actor.request_id)
+                      else "")
+        return self._entry(DETOKENIZE, tenant if is_tenant(tenant) else "",
+                           token if is_token(token) else "", clean, result, shown_reason)
 
     async def _open_record(self, tenant: str, token: str) -> tuple[StoredRecord, CardSecret]:
         stored = await self._store.load(tenant, token)

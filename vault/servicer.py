@@ -12,7 +12,7 @@ from cardlink.vault.v1 import vault_pb2, vault_pb2_grpc
 from common.auth import current_principal
 from vault.access import require_parent_tenant, require_token_tenant
 from vault.pan import CardDisplay, CardSecret
-from vault.service import Actor, TokenRecord, VaultService
+from vault.service import Actor, TokenRecord, VaultService, check_request_id
 from vault.tokens import parse_parent, parse_token_name
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -56,7 +56,11 @@ def _card(card: CardSecret) -> vault_pb2.CardSecret:
     )
 
 
-def _actor(request_id: str) -> Actor:
+def _actor(request_id: str, *, checked: bool = True) -> Actor:
+    """The caller; ``checked``: refuse a request id that is not empty or a UUID4
+    here (detokenize leaves that to the service, which audits the refusal)."""
+    if checked:
+        check_request_id(request_id)
     return Actor(caller=current_principal().subject, request_id=request_id)
 
 
@@ -110,9 +114,10 @@ class TokenVaultServicer(vault_pb2_grpc.TokenVaultServicer):
     async def DetokenizeToken(
         self, request: vault_pb2.DetokenizeTokenRequest, context: Context
     ) -> vault_pb2.DetokenizeTokenResponse:
-        name = parse_token_name(request.name)
-        tenant = require_token_tenant(current_principal(), name.tenant)
-        record, card = await self._service.detokenize(
-            tenant, name.token, request.reason, _actor(request.request_id)
+        # Name, tenant, reason and request id are all checked by the service,
+        # so that refused calls (malformed, another tenant's token) are audited.
+        record, card = await self._service.detokenize_name(
+            request.name, request.reason, _actor(request.request_id, checked=False),
+            caller_tenant=current_principal().tenant,
         )
         return vault_pb2.DetokenizeTokenResponse(token=_token(record), card=_card(card))

@@ -41,36 +41,34 @@ end
 
 # A new card: if no fingerprint mapping (of any live fingerprint version)
 # names a token yet, claim the current one and write the record, atomically.
-# KEYS: record, counts, fp keys (current version first). ARGV: token, field,
-# value, ... Returns {1} when created, {0, token, index} for an existing card
-# (index into the fp keys, 0-based), {2} when the fresh token collides.
+# A known card is never rewritten: the reply carries the existing token's
+# stored display fields instead (read in the same call, so no second round
+# trip). Its record key is built here from ARGV[2] (the tenant's record-key
+# prefix); it shares the tenant's hash tag, so it is in this script's slot.
+# KEYS: record, counts, fp keys (current version first). ARGV: token,
+# record-key prefix, field, value, ... Returns {1} when created,
+# {0, token, index, display fields...} for an existing card (index into the
+# fp keys, 0-based; display fields in DISPLAY order, absent if the record is
+# missing), {2} when the fresh token collides.
 _INSERT_NEW = _COUNT + """
 for i = 3, #KEYS do
   local existing = redis.call('GET', KEYS[i])
-  if existing then return {0, existing, i - 3} end
+  if existing then
+    local reply = {0, existing, i - 3}
+    local shown = redis.call('HMGET', ARGV[2] .. existing, 'bin', 'last4', 'brand', 'exp_m',
+                             'exp_y', 'mname', 'mphone', 'ctime', 'mtime')
+    if shown[1] then
+      for j = 1, #shown do reply[#reply + 1] = shown[j] end
+    end
+    return reply
+  end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {2} end
 redis.call('SET', KEYS[3], ARGV[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 local v = redis.call('HMGET', KEYS[1], 'kek', 'fpv')
 count(v[1], v[2], 1)
 return {1}
-"""
-
-# A known card: replace the record's payload only while the mapping still
-# names this token (a concurrent delete makes the caller start over).
-# KEYS: record, counts, fp key. ARGV: token, field, value, ...
-# Returns ctime or false.
-_UPDATE_KNOWN = _COUNT + """
-if redis.call('GET', KEYS[3]) ~= ARGV[1] or redis.call('EXISTS', KEYS[1]) == 0 then
-  return false
-end
-local old = redis.call('HMGET', KEYS[1], 'kek', 'fpv')
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-local new = redis.call('HMGET', KEYS[1], 'kek', 'fpv')
-count(old[1], old[2], -1)
-count(new[1], new[2], 1)
-return redis.call('HGET', KEYS[1], 'ctime')
 """
 
 # Delete the record (its wrapped data key and ciphertext) and its mapping.
@@ -87,23 +85,26 @@ return 1
 """
 
 # Rewrap compare-and-set: move one record to new key versions only if it
-# still holds exactly what the rewrap read (kek, fpv, fp), so a concurrent
-# tokenize or delete wins and each record is moved at most once.
+# still holds exactly what the rewrap read (kek, fpv, fp and the ciphertext's
+# nonce, fresh on every write), so a concurrent write or delete wins, is never
+# reverted, and each record is moved at most once.
 # KEYS: record, counts, old fp key, new fp key.
-# ARGV: token, old kek, old fpv, old fp, field, value, ...
+# ARGV: token, old kek, old fpv, old fp, old nonce, field, value, ...
 # Returns 1 moved, 0 record gone, -1 record changed (reread), -2 the new
 # fingerprint already names another token (left as is, reported).
 _REWRAP = _COUNT + """
-local cur = redis.call('HMGET', KEYS[1], 'kek', 'fpv', 'fp')
+local cur = redis.call('HMGET', KEYS[1], 'kek', 'fpv', 'fp', 'nonce')
 if not cur[1] then return 0 end
-if cur[1] ~= ARGV[2] or cur[2] ~= ARGV[3] or cur[3] ~= ARGV[4] then return -1 end
+if cur[1] ~= ARGV[2] or cur[2] ~= ARGV[3] or cur[3] ~= ARGV[4] or cur[4] ~= ARGV[5] then
+  return -1
+end
 if KEYS[3] ~= KEYS[4] then
   local owner = redis.call('GET', KEYS[4])
   if owner and owner ~= ARGV[1] then return -2 end
   redis.call('SET', KEYS[4], ARGV[1])
   if redis.call('GET', KEYS[3]) == ARGV[1] then redis.call('DEL', KEYS[3]) end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 local new = redis.call('HMGET', KEYS[1], 'kek', 'fpv')
 count(cur[1], cur[2], -1)
 count(new[1], new[2], 1)
@@ -145,17 +146,15 @@ class StoredRecord:
         ]
         return [item for pair in pairs for item in pair]
 
-    def fields(self, *, with_create_time: bool = True) -> list[bytes | str]:
+    def fields(self) -> list[bytes | str]:
         """Flattened hash fields (name, value, ...) for a script's ARGV."""
         d = self.display
         pairs: list[tuple[str, bytes | str]] = [
             ("bin", d.bin), ("last4", d.last_four), ("brand", d.brand.value),
             ("exp_m", str(d.expiry_month)), ("exp_y", str(d.expiry_year)),
             ("mname", d.masked_holder_name), ("mphone", d.masked_phone),
-            ("mtime", repr(self.update_time)),
+            ("mtime", repr(self.update_time)), ("ctime", repr(self.create_time)),
         ]
-        if with_create_time:
-            pairs.append(("ctime", repr(self.create_time)))
         return self.secret_fields() + [item for pair in pairs for item in pair]
 
 
@@ -168,12 +167,14 @@ class StoredDisplay:
 
 @dataclass(frozen=True, slots=True)
 class InsertOutcome:
-    """``created``, or the token the card already has and which fp key named it."""
+    """``created``, or the token the card already has, which fp key named it
+    and its stored display data (None if its record was missing)."""
 
     created: bool
     existing_token: str | None = None
     fingerprint_index: int = 0
     collision: bool = False
+    existing: StoredDisplay | None = None
 
 
 def _text(value: bytes | str) -> str:
@@ -203,7 +204,6 @@ class VaultStore:
         self._redis = redis
         self._prefix = prefix
         self._insert_new = redis.register_script(_INSERT_NEW)
-        self._update_known = redis.register_script(_UPDATE_KNOWN)
         self._delete = redis.register_script(_DELETE)
         self._rewrap = redis.register_script(_REWRAP)
 
@@ -239,21 +239,16 @@ class VaultStore:
         keys = [self.record_key(record.tenant, record.token), self.counts_key(record.tenant),
                 *fingerprint_keys]
         with redis_errors():
-            reply = await self._insert_new(keys=keys, args=[record.token, *record.fields()])
+            reply = await self._insert_new(
+                keys=keys, args=[record.token, self.record_key(record.tenant, ""),
+                                 *record.fields()])
         if reply[0] == 1:
             return InsertOutcome(created=True)
         if reply[0] == 2:
             return InsertOutcome(created=False, collision=True)
-        return InsertOutcome(False, _text(reply[1]), int(reply[2]))
-
-    async def update_known(self, record: StoredRecord, fingerprint_key: str) -> float | None:
-        """Replace a known card's payload; its create time, or None if the token is gone."""
-        keys = [self.record_key(record.tenant, record.token), self.counts_key(record.tenant),
-                fingerprint_key]
-        args = [record.token, *record.fields(with_create_time=False)]
-        with redis_errors():
-            ctime = await self._update_known(keys=keys, args=args)
-        return None if ctime is None else float(ctime)
+        shown = reply[3:]
+        existing = _display(shown) if len(shown) == len(_DISPLAY_FIELDS) else None
+        return InsertOutcome(False, _text(reply[1]), int(reply[2]), existing=existing)
 
     async def load_display(self, tenant: str, token: str) -> StoredDisplay | None:
         with redis_errors():
@@ -295,7 +290,8 @@ class VaultStore:
                                              new.fingerprint),
                     ]
                     args = [old.token, str(old.envelope.kek_version),
-                            str(old.fingerprint_version), old.fingerprint, *new.secret_fields()]
+                            str(old.fingerprint_version), old.fingerprint, old.envelope.nonce,
+                            *new.secret_fields()]
                     await self._rewrap(keys=keys, args=args, client=pipe)
                 replies = await pipe.execute()
         return [int(r) for r in replies]

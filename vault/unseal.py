@@ -89,7 +89,7 @@ class CeremonyOutcome:
     progress: int
     threshold: int
     complete: bool
-    shares: tuple[str, ...] = ()
+    shares: tuple[str, ...] = field(default=(), repr=False)
     root_key_id: str = ""
 
 
@@ -98,7 +98,7 @@ class _Ceremony:
     kind: str
     new_threshold: int
     new_count: int
-    shares: list[str] = field(default_factory=list)
+    shares: list[str] = field(default_factory=list, repr=False)
     indexes: set[tuple[int, int]] = field(default_factory=set)
 
 

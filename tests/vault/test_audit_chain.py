@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from cardlink.vault.v1 import admin_pb2, vault_pb2
 from tests.support.cards import card, numbered_card
 from tests.support.vault import VaultHandle
-from vault.audit import audit_key
+from vault.audit import audit_head_key, audit_key
 
 ENTRIES = 12
 AT = 5
@@ -99,6 +99,51 @@ async def test_truncated_tail_is_reported(vault: VaultHandle,
     await rewrite(redis_client, audit_key(vault.config.redis_prefix), lambda e: e[:-1])
     result = await verify(vault)
     assert (result.ok, result.problem, result.verified) == (False, "TRUNCATED", ENTRIES - 1)
+
+
+@pytest.mark.parametrize("head", ["deleted", "rolled back"])
+async def test_entries_beyond_a_missing_or_rolled_back_head_are_reported(
+        vault: VaultHandle, redis_client: aioredis.Redis, head: str) -> None:
+    await make_entries(vault)
+    prefix = vault.config.redis_prefix
+    entries: Any = await redis_client.xrange(audit_key(prefix))
+    if head == "deleted":
+        await redis_client.delete(audit_head_key(prefix))
+        kept = 0
+    else:
+        kept = AT
+        await redis_client.hset(audit_head_key(prefix), mapping={
+            "seq": str(kept), "mac": entries[kept - 1][1][b"mac"]})
+    result = await verify(vault)
+    assert (result.ok, result.problem, result.verified) == (False, "BEYOND_HEAD", kept)
+    assert result.entry_id == entries[kept][0].decode()
+
+
+async def test_sealed_backlog_is_capped_and_the_overflow_counted(
+        redis_client: aioredis.Redis, key_prefix: str, tmp_path: Any) -> None:
+    from common.clock import ManualClock
+    from vault import audit as audit_mod
+    from vault.keyring import DevKeyFile, Keyring
+
+    keyring = Keyring(redis_client, prefix=key_prefix, root_keys=DevKeyFile(tmp_path / "k"),
+                      clock=ManualClock(1_800_000_000.0), create_if_missing=True)
+    await keyring.snapshot()
+    log = audit_mod.AuditLog(redis_client, prefix=key_prefix, keyring=keyring)
+    limit = audit_mod.MAX_SEALED_BACKLOG
+    sealed = pytest.MonkeyPatch()
+    sealed.setattr(type(keyring), "sealed", property(lambda self: True))
+    try:
+        for n in range(limit + 7):
+            await log.append(audit_mod.AuditEntry("call.refused", "x", "", "", "R", float(n)))
+    finally:
+        sealed.undo()
+    await log.flush_backlog()
+    stored: Any = await redis_client.xrange(log.key)
+    assert len(stored) == limit + 1
+    assert stored[-1][1][b"action"] == b"audit.sealed_overflow"
+    assert stored[-1][1][b"reason"].startswith(b"7 entries")
+    assert (await log.verify()).ok
+    await log.aclose()
 
 
 async def test_concurrent_appends_form_one_chain(vault: VaultHandle) -> None:

@@ -66,11 +66,12 @@ async def test_audit_verify_and_export(vault: VaultHandle, redis_client: aioredi
     await keytool(vault, "rotate", "seal")
     await keytool(vault, "rotate", "sign")
     assert await keytool(vault, "audit", "verify") == 0
-    assert "2 entries verified" in capsys.readouterr().out
+    assert "4 entries verified" in capsys.readouterr().out  # intent + outcome per rotate
     out = tmp_path / "audit.jsonl"
     assert await keytool(vault, "audit", "export", "--out", str(out)) == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [line["action"] for line in lines] == ["key.rotate", "key.rotate"]
+    assert [(line["action"], line["result"]) for line in lines] == [
+        ("key.rotate", "INTENT"), ("key.rotate", "OK")] * 2
     assert {"seq", "mac", "caller", "time"} <= set(lines[0])
 
     key = audit_key(vault.config.redis_prefix)

@@ -92,6 +92,17 @@ def test_display_shows_only_bin_last_four_and_masks() -> None:
     assert (shown.masked_holder_name, shown.masked_phone) == ("J*** D**", "*******1234")
 
 
+@pytest.mark.parametrize(("pan", "shown_bin"), [
+    ("4111111111111111", "411111"), ("4111111111111111111", "411111"),
+    ("378282246310005", "37828"), ("501800000009", "50"), ("6304000000000000", "630400"),
+])
+def test_display_hides_at_least_six_digits_of_short_pans(pan: str, shown_bin: str) -> None:
+    shown = card(pan=pan).display()
+    assert shown.bin == shown_bin and shown.last_four == pan[-4:]
+    assert len(pan) - len(shown.bin) - len(shown.last_four) >= 6
+    assert shown_bin in repr(card(pan=pan)) and pan[:len(shown_bin) + 1] not in repr(card(pan=pan))
+
+
 def test_card_secret_repr_hides_pan_and_identity() -> None:
     secret = card(pan="4000056655665556")
     for text in (repr(secret), str(secret), f"{secret}"):

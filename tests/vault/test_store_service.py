@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import string
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +36,8 @@ from vault.pan import luhn_valid
 from vault.tokens import new_token
 
 START = datetime(2027, 6, 15, 12, 0, tzinfo=UTC).timestamp()
-BANK = Actor("bank-core", "req-1")
+REQUEST_ID = "6f1c2a3e-8b4d-4c5e-9f60-7a8b9c0d1e2f"  # a UUID4
+BANK = Actor("bank-core", REQUEST_ID)
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -155,24 +157,24 @@ async def test_round_trip_tokenize_get_detokenize(service: VaultService,
     assert fields.pop("seq") == "1" and len(fields.pop("mac")) == 64  # the chain (issue 4)
     assert fields == {"action": "detokenize", "caller": "bank-core", "tenant": "acme",
                       "token": record.token, "result": "OK", "time": repr(START),
-                      "reason": "holder verification", "request_id": "req-1"}
+                      "reason": "holder verification", "request_id": REQUEST_ID}
 
 
-async def test_same_card_twice_same_token_and_details_replaced(service: VaultService,
-                                                               clock: ManualClock) -> None:
+async def test_same_card_twice_same_token_and_details_kept(service: VaultService,
+                                                           clock: ManualClock) -> None:
     card = random_card(expiry_year=2030)
     first = await tokenize(service, "acme", card)
     clock.advance(60)
-    renewed = CardSecret(card.pan, 3, 2033, "Jane Roe", card.national_id, card.phone)
+    renewed = CardSecret(card.pan, 3, 2033, "Jane Roe", "ID-OTHER-1", "+4915199999999")
     second = await tokenize(service, "acme", renewed)
     assert second.already_known
-    assert second.record.token == first.record.token
-    assert second.record.create_time == START
-    assert second.record.update_time == START + 60
-    assert second.record.display.expiry_year == 2033
-    assert await service.get("acme", first.record.token) == second.record
+    # A known card is never rewritten: the stored details stand.
+    assert second.record == first.record
+    assert second.record.create_time == second.record.update_time == START
+    assert second.record.display.expiry_year == 2030
+    assert await service.get("acme", first.record.token) == first.record
     _, clear = await service.detokenize("acme", first.record.token, "check", BANK)
-    assert clear == renewed
+    assert clear == card
 
 
 async def test_fifty_concurrent_tokenizes_of_one_new_card_give_one_token(
@@ -207,7 +209,9 @@ async def test_delete_then_tokenize_gives_new_token(service: VaultService,
     assert again.record.token != old
     audit = await audit_entries(redis_client, key_prefix)
     assert [(e[b"action"], e[b"result"]) for e in audit] == [
-        (b"delete", b"OK"), (b"delete", b"TOKEN_NOT_FOUND"), (b"detokenize", b"TOKEN_NOT_FOUND")]
+        (b"delete", b"INTENT"), (b"delete", b"OK"),  # audit-before-act: intent, outcome
+        (b"delete", b"INTENT"), (b"delete", b"TOKEN_NOT_FOUND"),
+        (b"detokenize", b"TOKEN_NOT_FOUND")]
 
 
 async def test_other_tenants_token_is_not_found_exactly_like_a_missing_one(
@@ -362,9 +366,17 @@ async def test_fingerprint_rotation_keeps_same_card_same_token(
     again = await tokenize(service, "acme", card)
     assert again.already_known
     assert again.record.token == first
+    # The new version is lookup-only until it has settled (CARDLINK_KEY_SETTLE_S),
+    # so a process that has not seen it yet still finds every new mapping.
     fresh = await tokenize(service, "acme", random_card())
     fpv = await redis_client.hget(f"{key_prefix}:vault:{{acme}}:tok:{fresh.record.token}", "fpv")
+    assert fpv == b"1"
+    clock.advance(service.keyring.settle_seconds)
+    settled = await tokenize(service, "acme", random_card())
+    fpv = await redis_client.hget(f"{key_prefix}:vault:{{acme}}:tok:{settled.record.token}",
+                                  "fpv")
     assert fpv == b"2"
+    assert (await tokenize(service, "acme", card)).record.token == first  # still found
 
 
 # --- keyring start-up ----------------------------------------------------------------
@@ -495,11 +507,20 @@ async def test_malformed_token_is_invalid_argument_and_writes_nothing(
         assert (caught.value.code, caught.value.reason) == (Code.INVALID_ARGUMENT,
                                                              "TOKEN_NAME_INVALID")
         assert caught.value.violations[0].field == "name"
-    assert await dump(redis_client, key_prefix) == before
+    # Nothing is written but the malformed detokenize's audit entry (without the value).
+    assert _without_audit(await dump(redis_client, key_prefix)) == _without_audit(before)
+    entries = await audit_entries(redis_client, key_prefix)
+    assert [(e[b"action"], e[b"result"], e[b"token"]) for e in entries] == [
+        (b"detokenize", b"TOKEN_NAME_INVALID", b"")]
 
 
-@pytest.mark.parametrize("reason", ["", " ", "x" * 201, "line\nbreak"])
-async def test_bad_detokenize_reason_is_refused_and_not_audited(
+def _without_audit(keys: dict[bytes, Any]) -> dict[bytes, Any]:
+    return {k: v for k, v in keys.items() if b":{audit}:" not in k}
+
+
+@pytest.mark.parametrize("reason", ["", " ", "x" * 201, "line\nbreak", "card 4111111111111111",
+                                    "ref 4111-1111-1111", "call 0049 1511 2345 6789"])
+async def test_bad_detokenize_reason_is_refused_and_audited_without_it(
         service: VaultService, redis_client: aioredis.Redis, key_prefix: str,
         reason: str) -> None:
     token = (await tokenize(service, "acme", random_card())).record.token
@@ -507,7 +528,40 @@ async def test_bad_detokenize_reason_is_refused_and_not_audited(
     with pytest.raises(CardLinkError) as caught:
         await service.detokenize("acme", token, reason, BANK)
     assert caught.value.reason == "REASON_INVALID"
-    assert await dump(redis_client, key_prefix) == before
+    assert caught.value.violations[0].field == "reason"
+    assert _without_audit(await dump(redis_client, key_prefix)) == _without_audit(before)
+    entries = await audit_entries(redis_client, key_prefix)
+    assert [(e[b"action"], e[b"result"], e[b"reason"]) for e in entries] == [
+        (b"detokenize", b"REASON_INVALID", b"")]
+
+
+@pytest.mark.parametrize("reason", ["dispute 2024-05-01", "order 12345678901", "ticket 1234"])
+async def test_reasons_with_short_numbers_are_accepted(service: VaultService,
+                                                       reason: str) -> None:
+    token = (await tokenize(service, "acme", random_card())).record.token
+    await service.detokenize("acme", token, reason, BANK)
+
+
+@pytest.mark.parametrize("request_id", [
+    "req-1", "4111111111111111", "38d98f7a-e8e4-11f1-987b-02fc00000001",  # a UUID1
+    "6F1C2A3E8B4D4C5E9F607A8B9C0D1E2F", " " * 36])
+async def test_request_id_must_be_empty_or_uuid4(
+        service: VaultService, redis_client: aioredis.Redis, key_prefix: str,
+        request_id: str) -> None:
+    token = (await tokenize(service, "acme", random_card())).record.token
+    actor = Actor("bank-core", request_id)
+    for call in (service.delete("acme", token, actor),
+                 service.detokenize("acme", token, "check", actor)):
+        with pytest.raises(CardLinkError) as caught:
+            await call
+        assert caught.value.reason == "REQUEST_ID_INVALID"
+        assert caught.value.violations[0].field == "request_id"
+    await service.get("acme", token)  # not deleted
+    entries = await audit_entries(redis_client, key_prefix)
+    assert [(e[b"action"], e[b"result"], e[b"request_id"]) for e in entries] == [
+        (b"detokenize", b"REQUEST_ID_INVALID", b"")]
+    await service.detokenize("acme", token, "check", Actor("bank-core", ""))
+    await service.detokenize("acme", token, "check", Actor("bank-core", str(uuid.uuid4())))
 
 
 # --- storage holds nothing in clear --------------------------------------------------
@@ -603,7 +657,7 @@ class VaultMachine(RuleBasedStateMachine):
         self.clock = ManualClock(START)
         self.service = make_service(self.client, self.prefix, self.clock, key_file)
         self.by_card: dict[tuple[str, str], str] = {}  # (tenant, pan) -> live token
-        self.cards: dict[tuple[str, str], CardSecret] = {}  # (tenant, token) -> latest card
+        self.cards: dict[tuple[str, str], CardSecret] = {}  # (tenant, token) -> stored card
         self.last_request: tuple[str, str, bytes] | None = None
 
     def run(self, awaitable: Any) -> Any:
@@ -621,7 +675,8 @@ class VaultMachine(RuleBasedStateMachine):
         else:
             assert all(result.record.token != t for _, t in self.cards)
         self.by_card[(tenant, card.pan)] = result.record.token
-        self.cards[(tenant, result.record.token)] = card
+        # A known card is never rewritten: the model keeps the first card.
+        self.cards.setdefault((tenant, result.record.token), card)
         return tenant, result.record.token
 
     @rule(target=tokens, tenant=st.sampled_from(TENANTS), index=st.integers(0, 3),

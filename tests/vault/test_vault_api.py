@@ -78,7 +78,11 @@ async def test_same_card_same_token_and_concurrent_tokenize(vault: VaultHandle) 
     first = await _tokenize(vault, card())
     again = await _tokenize(vault, card(year=2032))  # a renewed card keeps its token
     assert again.already_known and again.token.name == first.token.name
-    assert again.token.card.expiry_year == 2032
+    # ... and its stored details: a known card is never rewritten.
+    assert again.token == first.token and again.token.card.expiry_year == 2031
+    got = await vault.stub.GetToken(vault_pb2.GetTokenRequest(name=first.token.name),
+                                    metadata=vault.partner())
+    assert got == first.token
 
     fresh = numbered_card(7)
     results = await asyncio.gather(*(_tokenize(vault, fresh) for _ in range(50)))

@@ -90,7 +90,9 @@ class CardDisplay(_message.Message):
     MASKED_HOLDER_NAME_FIELD_NUMBER: _builtins.int
     MASKED_PHONE_FIELD_NUMBER: _builtins.int
     bin: _builtins.str
-    """Output only. The first six digits of the PAN (the BIN)."""
+    """Output only. The first six digits of the PAN (the BIN); fewer for PANs
+    under 16 digits (length - 10), so at least six digits stay hidden.
+    """
     last_four: _builtins.str
     """Output only. The last four digits of the PAN."""
     brand: Global___CardBrand.ValueType
@@ -477,8 +479,10 @@ class TokenizeCardResponse(_message.Message):
     ALREADY_KNOWN_FIELD_NUMBER: _builtins.int
     already_known: _builtins.bool
     """Output only. True when the tenant had tokenized this card before, in
-    which case `token` is the existing token and its details were replaced
-    by the ones just sealed.
+    which case `token` is the existing token with its stored details: the
+    vault never rewrites a known card, so the details just sealed (holder,
+    national ID, phone, expiry) are not kept. To change them, delete the
+    token and tokenize the card again.
     """
     @_builtins.property
     def token(self) -> Global___Token:
