@@ -153,8 +153,9 @@ class Token(_message.Message):
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """Output only. When the card details were last replaced by a new
-        tokenization of the same card.
+        """Output only. When the card details were written. Tokenizing a known card
+        again returns the token and changes nothing, so today this equals
+        `create_time`; a future explicit update would move it.
         """
 
     def __init__(
