@@ -111,24 +111,6 @@ def make_service(client: aioredis.Redis, prefix: str, clock: ManualClock, key_fi
                                **kwargs)
 
 
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(START)
-
-
-@pytest.fixture
-def key_file(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "vault-root.key"
-
-
-@pytest.fixture
-async def service(redis_client: aioredis.Redis, key_prefix: str, clock: ManualClock,
-                  key_file: Path) -> VaultService:
-    vault = make_service(redis_client, key_prefix, clock, key_file)
-    await vault.sealing_key_set()  # initializes the keyring
-    return vault
-
-
 # --- the happy paths -----------------------------------------------------------------
 
 

@@ -1,8 +1,5 @@
-"""Review findings (second pair of eyes on the gateway): each test shows one defect.
-
-Every test here asserts the behaviour the requirements ask for and FAILS on the
-current code; the docstring says which finding it demonstrates.
-"""
+"""Races and abuse on the gateway: double-submitted and racing codes, a slow
+bank, another user's refused bind, bank events on an undecided line."""
 
 from __future__ import annotations
 
@@ -48,14 +45,9 @@ async def _settle(*calls: object) -> list[object]:
 
 
 async def test_double_submitted_right_code_keeps_the_card_owned(stack: Stack) -> None:
-    """F1: binding.py:244-247 releases the card claim even when the retire was a no-op.
-
-    The user taps "confirm" twice (two request ids, same right code). The first
-    check to reach the bank matches and consumes the code; the second gets
-    EXPIRED, its retire finds the binding ACTIVE and does nothing, but
-    `_release_card` still deletes the card's owner. Another user of the tenant
-    can then bind the same card: two live bindings of one card.
-    """
+    """The user taps "confirm" twice (two request ids, same right code): the
+    second check gets EXPIRED from the bank but finds the binding ACTIVE, so the
+    card stays owned and no other user of the tenant can bind it."""
     sdk = await stack.sdk()
     binding = await sdk.create_binding("u-1", ALICE, default_consent())
     code = await stack.code_for(ALICE)
@@ -74,9 +66,8 @@ async def test_double_submitted_right_code_keeps_the_card_owned(stack: Stack) ->
 
 
 async def test_wrong_code_racing_the_right_one_keeps_the_card_owned(stack: Stack) -> None:
-    """F1 (second path): binding.py:250-258, _CODE_MISMATCH returns LOCKED for any
-    non-PENDING_CODE state, so a wrong code that loses the race against the right
-    one releases the card of the now-ACTIVE binding and answers TOO_MANY_ATTEMPTS."""
+    """A wrong code that loses the race against the right one leaves the ACTIVE
+    binding and its card claim alone."""
     sdk = await stack.sdk()
     binding = await sdk.create_binding("u-1", ALICE, default_consent())
     code = await stack.code_for(ALICE)
@@ -92,15 +83,9 @@ async def test_wrong_code_racing_the_right_one_keeps_the_card_owned(stack: Stack
 
 
 async def test_right_code_after_bank_timeout_with_new_request_id(stack: Stack) -> None:
-    """F2: binding.py:230 keys the bank's code check by (binding, request id).
-
-    The right code times out at the bank (the bank matched and consumed it);
-    the attempt is refunded. The user retries the same code from the app, which
-    sends a new request id: a new bank key, the bank says EXPIRED (code used),
-    and the binding FAILS with CODE_EXPIRED although the right code was given.
-    ARCHITECTURE.md promises a new request id for the same binding resumes the
-    same bank key.
-    """
+    """The right code times out at the bank (which matched and used it up); the
+    app retries it under a new request id, which resumes the same bank check and
+    activates the binding instead of failing it with CODE_EXPIRED."""
     sdk = await stack.sdk()
     binding = await sdk.create_binding("u-1", ALICE, default_consent())
     code = await stack.code_for(ALICE)
@@ -112,10 +97,8 @@ async def test_right_code_after_bank_timeout_with_new_request_id(stack: Stack) -
 
 
 async def test_slow_bank_does_not_allow_more_guesses_than_the_limit(stack: Stack) -> None:
-    """F2 (guessing): binding.py:232-235 refunds the attempt on every unknown
-    outcome, although the bank did check the code. With the bank timing out,
-    every guess under a new request id reaches the bank and none is counted:
-    the bank checks more codes than code_max_attempts (3)."""
+    """With the bank timing out, guesses under new request ids stay counted:
+    the bank never checks more codes than code_max_attempts (3)."""
     sdk = await stack.sdk()
     binding = await sdk.create_binding("u-1", ALICE, default_consent())
     await stack.switch(sim.CALL_KIND_CHECK_CODE, sim.MODE_TIMEOUT)
@@ -128,10 +111,8 @@ async def test_slow_bank_does_not_allow_more_guesses_than_the_limit(stack: Stack
 
 
 async def test_refused_create_by_another_user_does_not_change_the_card(stack: Stack) -> None:
-    """F3: binding.py:109 tokenizes (and the vault's update_known overwrites the
-    holder name / national id / phone of the existing token) before any check:
-    a request later refused CARD_BOUND_TO_OTHER_USER still rewrites the card the
-    bank verifies for the real owner, whose verification then fails."""
+    """Another user's bind of the same card, refused CARD_BOUND_TO_OTHER_USER,
+    changes nothing in the vault, so the owner's verification still succeeds."""
     await stack.restart_gateway(bank_policy=CallPolicy(deadline_s=3.0, attempts=2,
                                                        backoff_s=0.01))
     sdk = await stack.sdk()
@@ -150,11 +131,9 @@ async def test_refused_create_by_another_user_does_not_change_the_card(stack: St
 
 
 async def test_freeze_refused_while_applied_is_not_replayed_forever(stack: Stack) -> None:
-    """F4: credit.py:104-116 + idempotency.py:398 store a transient
-    CREDIT_LINE_STATE refusal (line still APPLIED after a DecideCredit timeout)
-    as a definite answer. The line then turns ACTIVE on the partner's retry with
-    the bank's original limit, and the bank's retry of its freeze keeps getting
-    the stored refusal: the line stays spendable although the bank froze it."""
+    """A freeze sent while the line is still APPLIED (after a DecideCredit
+    timeout) is refused as retryable, not stored: the bank's retry freezes the
+    line once it is ACTIVE."""
     sdk = await stack.sdk()
     binding = await sdk.create_binding("u-1", ALICE, default_consent())
     binding = await sdk.confirm_binding(binding.name, await stack.code_for(ALICE))

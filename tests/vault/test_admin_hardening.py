@@ -1,5 +1,5 @@
-"""Regression tests for the security review fixes (audit-before-act, free-text
-checks, rewrap lease ownership, key material reprs)."""
+"""Key administration under failure and misuse: audit-before-act, free-text
+checks, rewrap lease ownership, key material kept out of reprs."""
 
 from __future__ import annotations
 

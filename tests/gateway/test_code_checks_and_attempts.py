@@ -1,4 +1,5 @@
-"""The fixes of the review findings that test_review_findings.py does not cover."""
+"""One-time code checks and attempt counting: refunds only when the bank did no
+work, pending checks, per-card and per-user counters, code fingerprints."""
 
 from __future__ import annotations
 

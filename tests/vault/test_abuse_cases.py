@@ -1,4 +1,5 @@
-"""Security review: each test demonstrates one defect and FAILS until it is fixed.
+"""Abuse and failure cases of the vault: audit outages, stale processes,
+replayed key sets, card data smuggled into free text, concurrent writers.
 
 Real Redis (the ``redis_client`` / ``key_prefix`` fixtures); domain services
 wired the way ``vault.app`` wires them.
@@ -21,7 +22,6 @@ from common.errors import CardLinkError, NotFound, Unavailable
 from tests.support.vault import VaultHandle
 from tests.vault.test_store_service import (
     BANK,
-    START,
     audit_entries,
     make_service,
     random_card,
@@ -48,35 +48,16 @@ class FailingAudit:
         raise Unavailable("AUDIT_UNAVAILABLE", "the audit log is unavailable; retry")
 
 
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(START)
-
-
-@pytest.fixture
-def key_file(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "vault-root.key"
-
-
-@pytest.fixture
-async def service(redis_client: aioredis.Redis, key_prefix: str, clock: ManualClock,
-                  key_file: Path) -> VaultService:
-    vault = make_service(redis_client, key_prefix, clock, key_file)
-    await vault.sealing_key_set()
-    return vault
-
-
 def lifecycle(redis_client: aioredis.Redis, service: VaultService,
               clock: ManualClock) -> KeyLifecycle:
     return KeyLifecycle(redis_client, keyring=service.keyring, store=service.store, clock=clock,
                         sealing_grace_seconds=3600, settle_seconds=30)
 
 
-# 1. Tokenize with a keyring snapshot that has not yet seen a fingerprint rotation
-#    (up to CARDLINK_KEYRING_REFRESH_S in every other process) looks only at the
-#    old fingerprint version and mints a second token for a card that the
-#    rotating process has just tokenized under the new version.
-async def test_fp_rotation_stale_process_gives_two_tokens_for_one_card(
+# A process whose keyring snapshot has not yet seen a fingerprint rotation (up
+# to CARDLINK_KEYRING_REFRESH_S) looks only at the old version; the new version
+# therefore takes writes only after it has settled, so no card gets two tokens.
+async def test_stale_process_after_fp_rotation_finds_the_same_token(
         redis_client: aioredis.Redis, key_prefix: str, clock: ManualClock,
         key_file: Path) -> None:
     a = make_service(redis_client, key_prefix, clock, key_file)
@@ -90,9 +71,9 @@ async def test_fp_rotation_stale_process_gives_two_tokens_for_one_card(
     assert second.record.token == first.record.token, "two tokens for one card"
 
 
-# 2. Delete is audited AFTER the record is destroyed: with the audit write
-#    failing, the token is gone and no entry exists.
-async def test_delete_happens_even_when_audit_fails(
+# Delete writes its audit intent first: with the audit log down, nothing is
+# destroyed.
+async def test_delete_is_refused_when_the_audit_log_is_down(
         redis_client: aioredis.Redis, service: VaultService, clock: ManualClock) -> None:
     token = (await tokenize(service, "acme", random_card())).record.token
     failing = VaultService(store=service.store, keyring=service.keyring, audit=FailingAudit(),
@@ -106,9 +87,9 @@ async def test_delete_happens_even_when_audit_fails(
         pytest.fail("token destroyed although its audit entry was never written")
 
 
-# 3. Key administration is audited AFTER the operation: retire destroys a KEK
-#    (irreversible) and the audit entry can be missing.
-async def test_retire_destroys_key_even_when_audit_fails(
+# Key administration writes its audit intent first: retire (irreversible) does
+# not destroy a KEK that the log cannot record.
+async def test_retire_is_refused_when_the_audit_log_is_down(
         redis_client: aioredis.Redis, key_prefix: str, service: VaultService,
         clock: ManualClock) -> None:
     life = lifecycle(redis_client, service, clock)
@@ -125,9 +106,9 @@ async def test_retire_destroys_key_even_when_audit_fails(
         "kek:1 destroyed with no audit entry"
 
 
-# 4. Free-text audit fields are unchecked: a PAN in the detokenize reason or in
-#    the (documented UUID4, never validated) request_id lands in the audit log.
-async def test_pan_in_reason_or_request_id_reaches_audit_log(
+# Free text that reaches the audit log is checked: a card number in the
+# detokenize reason, or a request_id that is not a UUID4, is refused.
+async def test_no_pan_reaches_the_audit_log_via_reason_or_request_id(
         redis_client: aioredis.Redis, key_prefix: str, service: VaultService) -> None:
     token = (await tokenize(service, "acme", random_card())).record.token
     for call in (
@@ -140,14 +121,11 @@ async def test_pan_in_reason_or_request_id_reaches_audit_log(
     assert PAN.encode() not in raw, "PAN stored in clear in the audit stream"
 
 
-# 5. Rewrap compare-and-set checks (kek, fpv, fp) only. On a fingerprint-only
-#    rotation a concurrent rewrite of the record's payload (same KEK, same
-#    fingerprint: before the fix, a re-tokenize with a new expiry; now any
-#    writer that re-seals the record) keeps those three equal, so the rewrap
-#    overwrote the fresh ciphertext with the stale one it read.
-#    Adapted for finding 2 (a re-tokenize no longer rewrites a known card): the
-#    concurrent writer is simulated by re-sealing the record in place.
-async def test_rewrap_reverts_concurrent_retokenize(
+# Rewrap's compare-and-set includes the nonce (unique per write): a writer that
+# re-seals a record with the same KEK and fingerprint while the job runs is
+# never reverted to the ciphertext the job read. The concurrent writer is
+# simulated by re-sealing the record in place.
+async def test_rewrap_never_reverts_a_concurrent_write(
         redis_client: aioredis.Redis, service: VaultService, clock: ManualClock) -> None:
     from vault.service import card_to_bytes
     from vault.store import REWRAP_CHANGED
@@ -177,9 +155,9 @@ async def test_rewrap_reverts_concurrent_retokenize(
     assert clear == renewed, "detokenize returns the superseded card (lost update)"
 
 
-# 6. Refused detokenize attempts on another tenant's token leave no audit trace
-#    ("every detokenize audited"), unlike the same call for a missing own token.
-async def test_cross_tenant_detokenize_is_not_audited(
+# A detokenize of another tenant's token is refused exactly like a missing one,
+# and audited like every other detokenize.
+async def test_cross_tenant_detokenize_is_audited(
         vault: VaultHandle, redis_client: aioredis.Redis, key_prefix: str) -> None:
     sealed = await vault.seal(vault_pb2.CardSecret(
         pan=PAN, expiry_month=12, expiry_year=2031, holder_name="Jane Doe",
@@ -193,10 +171,9 @@ async def test_cross_tenant_detokenize_is_not_audited(
     assert len(await audit_entries(redis_client, key_prefix)) == before + 1
 
 
-# 7. The partner sealing helper accepts any key set ever signed: a relaying
-#    (compromised) gateway can replay a pre-rotation key set and steer partners
-#    to a superseded (possibly compromised / already destroyed) sealing key.
-async def test_sealing_helper_accepts_replayed_old_key_set(vault: VaultHandle) -> None:
+# A relay (say a compromised gateway) replaying a pre-rotation key set cannot
+# steer partners to a superseded sealing key: the helper refuses stale sets.
+async def test_sealing_helper_refuses_a_replayed_key_set(vault: VaultHandle) -> None:
     old = await vault.stub.GetSealingKeySet(vault_pb2.GetSealingKeySetRequest())
     old_current = verify_key_set(old, await vault.pins()).current().key_id
     await vault.vault.admin.rotate("seal", Actor("security"))
@@ -210,9 +187,9 @@ async def test_sealing_helper_accepts_replayed_old_key_set(vault: VaultHandle) -
                 f"(was current before rotation: {old_current})")
 
 
-# 8. Display data of short PANs: BIN (6) + last four of a 12-digit PAN leave two
-#    digits, one fixed by Luhn, so GetToken narrows the PAN to 10 candidates.
-async def test_short_pan_display_reveals_almost_whole_pan(service: VaultService) -> None:
+# Display data of a short PAN keeps at least six digits hidden: BIN (6) and last
+# four of a 12-digit PAN would leave two, one of them fixed by Luhn.
+async def test_short_pan_display_hides_at_least_six_digits(service: VaultService) -> None:
     from vault.pan import luhn_valid
     pan = "501800000009"  # 12-digit Maestro, Luhn-valid
     assert luhn_valid(pan)
