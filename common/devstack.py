@@ -30,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -229,12 +229,14 @@ class CallerKey:
     kid: str
 
 
-def _load_or_create_key(path: Path) -> Ed25519PrivateKey:
+def _create_once(path: Path, write: Callable[[Path], None]) -> None:
+    """Create a 0600 secret file unless it exists. Written aside, then linked into
+    place: link fails if the file exists, so processes racing here (`make run`
+    and `... token`) agree on one secret."""
     if not path.exists():
-        # Write aside, then link into place: link fails if the file exists, so
-        # two processes racing here (`make run` and `... token`) agree on one key.
         temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_private_key_pem(generate_signing_key(), temp)
+        write(temp)
+        os.chmod(temp, 0o600)
         try:
             os.link(temp, path)
         except FileExistsError:
@@ -242,6 +244,10 @@ def _load_or_create_key(path: Path) -> Ed25519PrivateKey:
         finally:
             temp.unlink()
     os.chmod(path, 0o600)
+
+
+def _load_or_create_key(path: Path) -> Ed25519PrivateKey:
+    _create_once(path, lambda temp: save_private_key_pem(generate_signing_key(), temp))
     key = load_private_key_pem(path)
     if not isinstance(key, Ed25519PrivateKey):
         raise DevstackError(f"{path} is not an Ed25519 key; delete it to get a new one")
@@ -251,17 +257,7 @@ def _load_or_create_key(path: Path) -> Ed25519PrivateKey:
 def dev_fingerprint_secret(state: Path) -> str:
     """The gateway's code-fingerprint HMAC secret for `make run` (created once, 0600)."""
     path = _private_dir(state) / "gateway-fingerprint.secret"
-    if not path.exists():
-        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temp.write_text(secrets.token_hex(32))
-        os.chmod(temp, 0o600)
-        try:
-            os.link(temp, path)
-        except FileExistsError:
-            pass
-        finally:
-            temp.unlink()
-    os.chmod(path, 0o600)
+    _create_once(path, lambda temp: temp.write_text(secrets.token_hex(32)))
     return path.read_text().strip()
 
 
