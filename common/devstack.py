@@ -229,7 +229,7 @@ class CallerKey:
     kid: str
 
 
-def _create_once(path: Path, write: Callable[[Path], None]) -> None:
+def _create_once(path: Path, write: Callable[[Path], object]) -> None:
     """Create a 0600 secret file unless it exists. Written aside, then linked into
     place: link fails if the file exists, so processes racing here (`make run`
     and `... token`) agree on one secret."""
