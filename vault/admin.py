@@ -7,8 +7,9 @@ gRPC transport is ``vault.admin_servicer``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -33,7 +34,14 @@ from vault.keyring import EntryInfo, Keyring
 from vault.lifecycle import KeyLifecycle, KeyringStatus
 from vault.rewrap import Rewrapper, RewrapProgress
 from vault.service import Actor
-from vault.unseal import REKEY, ROTATE_ROOT, CeremonyOutcome, SealState, ShamirRootKeys
+from vault.unseal import (
+    REKEY,
+    ROTATE_ROOT,
+    CeremonyOutcome,
+    SealedShare,
+    SealState,
+    ShamirRootKeys,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -158,10 +166,13 @@ class KeyAdminService:
             return SealState(False, True, 0, 0, 0, 0)
         return await self._unsealer.state()
 
-    async def init(self, threshold: int, count: int, actor: Actor) -> tuple[list[str], SealState]:
+    async def init(self, threshold: int, count: int, custodian_keys: Sequence[bytes],
+                   actor: Actor) -> tuple[tuple[SealedShare, ...], SealState]:
+        """The n new shares come back sealed, each to its custodian's key."""
         unsealer = self._require_production()
-        shares = await self._audited(ROOT_INIT, actor, f"threshold={threshold} shares={count}",
-                                     lambda: unsealer.init(threshold, count),
+        keys = tuple(custodian_keys)
+        shares = await self._audited(ROOT_INIT, actor, _share_detail(threshold, count, keys),
+                                     lambda: unsealer.init(threshold, count, keys),
                                      return_despite_audit=True)
         return shares, await unsealer.state()
 
@@ -176,18 +187,21 @@ class KeyAdminService:
         return state
 
     async def rekey(self, share: str, threshold: int, count: int,
-                    actor: Actor) -> CeremonyOutcome:
+                    custodian_keys: Sequence[bytes], actor: Actor) -> CeremonyOutcome:
         unsealer = self._require_production()
-        return await self._audited(ROOT_REKEY, actor, f"threshold={threshold} shares={count}",
-                                   lambda: unsealer.ceremony(REKEY, share, threshold, count),
+        keys = tuple(custodian_keys)
+        return await self._audited(ROOT_REKEY, actor, _share_detail(threshold, count, keys),
+                                   lambda: unsealer.ceremony(REKEY, share, threshold, count,
+                                                             keys),
                                    return_despite_audit=True)
 
     async def rotate_root(self, share: str, threshold: int, count: int,
-                          actor: Actor) -> CeremonyOutcome:
+                          custodian_keys: Sequence[bytes], actor: Actor) -> CeremonyOutcome:
         unsealer = self._require_production()
-        return await self._audited(ROOT_ROTATE, actor, f"threshold={threshold} shares={count}",
+        keys = tuple(custodian_keys)
+        return await self._audited(ROOT_ROTATE, actor, _share_detail(threshold, count, keys),
                                    lambda: unsealer.ceremony(ROTATE_ROOT, share, threshold,
-                                                             count),
+                                                             count, keys),
                                    return_despite_audit=True)
 
     # --- audit -----------------------------------------------------------------------
@@ -197,6 +211,13 @@ class KeyAdminService:
 
     def export_audit(self, start_seq: int) -> AsyncIterator[tuple[str, dict[str, str]]]:
         return self._audit.entries(start_seq)
+
+
+def _share_detail(threshold: int, count: int, keys: Sequence[bytes]) -> str:
+    """k, n and which custodian keys the new shares are sealed to (SHA-256 prefixes
+    of the public keys: the audit log says who can open them)."""
+    custodians = ",".join(hashlib.sha256(key).hexdigest()[:16] for key in keys[:32])
+    return f"threshold={threshold} shares={count} custodians={custodians or '-'}"
 
 
 def _destroy_detail(info: EntryInfo) -> str:

@@ -16,7 +16,7 @@ from vault.keyring import FINGERPRINT, KEK, SEALING, SIGNING, EntryInfo
 from vault.lifecycle import KEY_KIND_INVALID, VersionStatus
 from vault.rewrap import RewrapProgress
 from vault.service import Actor, check_request_id
-from vault.unseal import CeremonyOutcome, SealState
+from vault.unseal import CeremonyOutcome, SealedShare, SealState
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -71,9 +71,16 @@ def rewrap_progress(p: RewrapProgress) -> admin_pb2.RewrapProgress:
                                     skipped=p.skipped)
 
 
+def sealed_shares(shares: tuple[SealedShare, ...]) -> list[admin_pb2.SealedShare]:
+    """The new shares as sealed; the deprecated clear ``shares`` field stays unset."""
+    return [admin_pb2.SealedShare(custodian_public_key=s.custodian_public_key,
+                                  ciphertext=s.ciphertext) for s in shares]
+
+
 def ceremony(outcome: CeremonyOutcome) -> admin_pb2.RootCeremony:
     return admin_pb2.RootCeremony(progress=outcome.progress, threshold=outcome.threshold,
-                                  complete=outcome.complete, shares=list(outcome.shares),
+                                  complete=outcome.complete,
+                                  sealed_shares=sealed_shares(outcome.shares),
                                   root_key_id=outcome.root_key_id)
 
 
@@ -121,8 +128,8 @@ class KeyAdminServicer(admin_pb2_grpc.KeyAdminServicer):
     async def InitRoot(self, request: admin_pb2.InitRootRequest,
                        context: Context) -> admin_pb2.InitRootResponse:
         shares, state = await self._service.init(request.threshold, request.share_count,
-                                                 _actor())
-        return admin_pb2.InitRootResponse(shares=shares,
+                                                 request.custodian_public_keys, _actor())
+        return admin_pb2.InitRootResponse(sealed_shares=sealed_shares(shares),
                                           seal=seal_status(state, self._service.mode))
 
     async def GetSealStatus(self, request: admin_pb2.GetSealStatusRequest,
@@ -137,12 +144,15 @@ class KeyAdminServicer(admin_pb2_grpc.KeyAdminServicer):
     async def RekeyRoot(self, request: admin_pb2.RekeyRootRequest,
                         context: Context) -> admin_pb2.RootCeremony:
         return ceremony(await self._service.rekey(request.share, request.threshold,
-                                                  request.share_count, _actor()))
+                                                  request.share_count,
+                                                  request.custodian_public_keys, _actor()))
 
     async def RotateRoot(self, request: admin_pb2.RotateRootRequest,
                          context: Context) -> admin_pb2.RootCeremony:
         return ceremony(await self._service.rotate_root(request.share, request.threshold,
-                                                        request.share_count, _actor()))
+                                                        request.share_count,
+                                                        request.custodian_public_keys,
+                                                        _actor()))
 
     async def VerifyAudit(self, request: admin_pb2.VerifyAuditRequest,
                           context: Context) -> admin_pb2.AuditVerification:

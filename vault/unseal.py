@@ -14,6 +14,12 @@ from another set, repeats one already given, or combines into anything but
 this vault's root is refused, counted in Redis, and (for a bad combination)
 clears the partial progress so a bad share cannot poison a later attempt.
 
+No caller ever holds another custodian's share in clear (PCI DSS 3.7.6):
+init, rekey and root rotation take one X25519 public key per new share and
+seal each share to its custodian's key (HPKE, ``vault.crypto``) in this
+process before replying; the clear mnemonics are never logged, stored or
+put in an error, and are dropped with the reply.
+
 Rekey (new shares, same root) and root rotation (new root, keyring rewrapped)
 are ceremonies of their own that also need k shares of the current set.
 Shares in progress live in this process's memory, so every custodian of one
@@ -22,14 +28,15 @@ ceremony talks to the same process.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
 
 from redis.asyncio import Redis
 from shamir_mnemonic import MnemonicError, Share, combine_mnemonics, generate_mnemonics
 
-from common.errors import AlreadyExists, FailedPrecondition, InvalidArgument
-from vault.crypto import RootKey, new_symmetric_key
+from common.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument
+from vault.crypto import RootKey, custodian_key_usable, new_symmetric_key, seal_custodian_share
 from vault.keyring import (
     GENERATION_FIELD,
     ROOT_FIELD,
@@ -51,6 +58,9 @@ CEREMONY_MISMATCH = "CEREMONY_MISMATCH"
 SHARE_PARAMETERS_INVALID = "SHARE_PARAMETERS_INVALID"
 ALREADY_UNSEALED = "ALREADY_UNSEALED"
 KEYRING_BUSY = "KEYRING_BUSY"
+CUSTODIAN_KEYS_INVALID = "CUSTODIAN_KEYS_INVALID"
+CUSTODIAN_KEYS_FIELD = "custodian_public_keys"
+CUSTODIAN_KEY_SIZE = 32
 
 SHARES_ID_FIELD = "shares:id"
 SHARES_THRESHOLD_FIELD = "shares:threshold"
@@ -83,13 +93,21 @@ class SealState:
 
 
 @dataclass(frozen=True, slots=True)
+class SealedShare:
+    """One new share, HPKE-sealed to its custodian's X25519 public key."""
+
+    custodian_public_key: bytes
+    ciphertext: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class CeremonyOutcome:
-    """A rekey or root rotation: progress, and the new shares once complete."""
+    """A rekey or root rotation: progress, and the new sealed shares once complete."""
 
     progress: int
     threshold: int
     complete: bool
-    shares: tuple[str, ...] = field(default=(), repr=False)
+    shares: tuple[SealedShare, ...] = field(default=(), repr=False)
     root_key_id: str = ""
 
 
@@ -98,6 +116,7 @@ class _Ceremony:
     kind: str
     new_threshold: int
     new_count: int
+    custodian_keys: tuple[bytes, ...] = ()
     shares: list[str] = field(default_factory=list, repr=False)
     indexes: set[tuple[int, int]] = field(default_factory=set)
 
@@ -109,6 +128,39 @@ def check_share_parameters(threshold: int, count: int) -> None:
     if threshold == 1 and count > 1:
         # SLIP-39 refuses it: n copies of the secret itself, no split knowledge.
         raise InvalidArgument(SHARE_PARAMETERS_INVALID, "a threshold of 1 allows one share only")
+
+
+def check_custodian_keys(keys: Sequence[bytes], count: int) -> tuple[bytes, ...]:
+    """One distinct, usable raw X25519 public key per share, or INVALID_ARGUMENT."""
+    violations: list[FieldViolation] = []
+    if len(keys) != count:
+        violations.append(FieldViolation(
+            CUSTODIAN_KEYS_FIELD, f"need exactly share_count ({count}) keys, one per "
+            f"custodian; got {len(keys)}", CUSTODIAN_KEYS_INVALID))
+    seen: set[bytes] = set()
+    for index, key in enumerate(keys):
+        where = f"{CUSTODIAN_KEYS_FIELD}[{index}]"
+        if len(key) != CUSTODIAN_KEY_SIZE:
+            problem = f"not a raw {CUSTODIAN_KEY_SIZE}-byte X25519 public key"
+        elif key in seen:
+            problem = "repeats an earlier key; each custodian needs a key of their own"
+        elif not custodian_key_usable(key):
+            problem = "not a usable X25519 public key"
+        else:
+            seen.add(key)
+            continue
+        violations.append(FieldViolation(where, problem, CUSTODIAN_KEYS_INVALID))
+    if violations:
+        raise InvalidArgument(CUSTODIAN_KEYS_INVALID,
+                              "custodian_public_keys: give one distinct 32-byte X25519 public "
+                              "key per share", violations=violations)
+    return tuple(keys)
+
+
+def seal_shares(mnemonics: Sequence[str], keys: Sequence[bytes]) -> tuple[SealedShare, ...]:
+    """Share i sealed to key i; only the custodian's private key opens it."""
+    return tuple(SealedShare(key, seal_custodian_share(key, mnemonic.encode()))
+                 for mnemonic, key in zip(mnemonics, keys, strict=True))
 
 
 def split_root(root: bytes, threshold: int, count: int) -> tuple[list[str], int]:
@@ -175,20 +227,25 @@ class ShamirRootKeys:
 
     # --- init ------------------------------------------------------------------------
 
-    async def init(self, threshold: int, count: int) -> list[str]:
-        """Generate the root and the keyring; return the n shares. Stays sealed."""
+    async def init(self, threshold: int, count: int,
+                   custodian_keys: Sequence[bytes]) -> tuple[SealedShare, ...]:
+        """Generate the root and the keyring; return the n shares, each sealed to
+        its custodian's key. Stays sealed."""
         check_share_parameters(threshold, count)
+        keys = check_custodian_keys(custodian_keys, count)
         if self._keyring is None:
             raise RuntimeError("attach a keyring first")
         if await self.share_set() is not None:
             raise AlreadyExists(VAULT_INITIALIZED, "the vault is initialized already")
         secret = new_symmetric_key()
         mnemonics, identifier = split_root(secret, threshold, count)
+        sealed = seal_shares(mnemonics, keys)
+        del mnemonics
         created = await self._keyring.create(RootKey(secret),
                                              _share_set_fields(identifier, threshold, count))
         if not created:
             raise AlreadyExists(VAULT_INITIALIZED, "the vault is initialized already")
-        return mnemonics
+        return sealed
 
     # --- share submission ------------------------------------------------------------
 
@@ -202,30 +259,36 @@ class ShamirRootKeys:
                 self._keyring.invalidate()
         return await self.state()
 
-    async def ceremony(self, kind: str, mnemonic: str, threshold: int,
-                       count: int) -> CeremonyOutcome:
-        """One share toward a rekey (same root) or a root rotation (new root)."""
+    async def ceremony(self, kind: str, mnemonic: str, threshold: int, count: int,
+                       custodian_keys: Sequence[bytes]) -> CeremonyOutcome:
+        """One share toward a rekey (same root) or a root rotation (new root).
+        Every call of one ceremony names the same custodian keys, in order."""
         check_share_parameters(threshold, count)
+        keys = check_custodian_keys(custodian_keys, count)
         await self.root_key()  # only an unsealed process runs ceremonies
         shares = await self._require_share_set()
-        secret = await self._submit(kind, mnemonic, threshold, count)
+        secret = await self._submit(kind, mnemonic, threshold, count, keys)
         if secret is None:
             progress = len(self._ceremony.shares) if self._ceremony else 0
             return CeremonyOutcome(progress, shares.threshold, False)
         root = RootKey(secret)
         if kind == REKEY:
             mnemonics, identifier = split_root(secret, threshold, count)
+            sealed = seal_shares(mnemonics, keys)
+            del mnemonics
             await self._write_share_set(identifier, threshold, count)
-            return CeremonyOutcome(shares.threshold, shares.threshold, True, tuple(mnemonics),
+            return CeremonyOutcome(shares.threshold, shares.threshold, True, sealed,
                                    root.key_id)
-        return await self._rotate_root(root, threshold, count, shares.threshold)
+        return await self._rotate_root(root, threshold, count, keys, shares.threshold)
 
     async def _rotate_root(self, old: RootKey, threshold: int, count: int,
-                           old_threshold: int) -> CeremonyOutcome:
+                           keys: tuple[bytes, ...], old_threshold: int) -> CeremonyOutcome:
         assert self._keyring is not None
         secret = new_symmetric_key()
         new = RootKey(secret)
         mnemonics, identifier = split_root(secret, threshold, count)
+        sealed = seal_shares(mnemonics, keys)
+        del mnemonics
         for _ in range(8):
             fields = await read_fields(self._redis, self._keys_key)
             changes = {f: rewrap_entry(old, new, f, v) for f, v in fields.items()
@@ -234,7 +297,7 @@ class ShamirRootKeys:
             changes.update(_share_set_fields(identifier, threshold, count))
             self._root = new  # the refresh inside change() must open the new keyring
             if await self._keyring.change(fields[GENERATION_FIELD], changes):
-                return CeremonyOutcome(old_threshold, old_threshold, True, tuple(mnemonics),
+                return CeremonyOutcome(old_threshold, old_threshold, True, sealed,
                                        new.key_id)
             self._root = old
         raise FailedPrecondition(KEYRING_BUSY, "the keyring kept changing; retry the rotation")
@@ -254,19 +317,20 @@ class ShamirRootKeys:
             raise FailedPrecondition(VAULT_NOT_INITIALIZED, "the vault is not initialized; init")
         return shares
 
-    async def _submit(self, kind: str, mnemonic: str, threshold: int,
-                      count: int) -> bytes | None:
+    async def _submit(self, kind: str, mnemonic: str, threshold: int, count: int,
+                      keys: tuple[bytes, ...] = ()) -> bytes | None:
         """Take one share; the rebuilt root secret once k valid shares are in, else None."""
         shares = await self._require_share_set()
         ceremony = self._ceremony
-        if ceremony is None or ceremony.kind != kind:
-            if ceremony is not None and ceremony.shares:
-                await self._refuse(CEREMONY_MISMATCH, f"a {ceremony.kind} ceremony is under "
-                                   "way; finish it or restart the vault process")
-            ceremony = self._ceremony = _Ceremony(kind, threshold, count)
-        if (ceremony.new_threshold, ceremony.new_count) != (threshold, count):
+        if ceremony is not None and ceremony.kind != kind and ceremony.shares:
+            await self._refuse(CEREMONY_MISMATCH, f"a {ceremony.kind} ceremony is under "
+                               "way; finish it or restart the vault process")
+        if ceremony is None or ceremony.kind != kind or not ceremony.shares:
+            ceremony = self._ceremony = _Ceremony(kind, threshold, count, keys)
+        if (ceremony.new_threshold, ceremony.new_count, ceremony.custodian_keys) != (
+                threshold, count, keys):
             await self._refuse(CEREMONY_MISMATCH, "every custodian must ask for the same "
-                               "threshold and share count")
+                               "threshold, share count and custodian keys (in order)")
         try:
             share = Share.from_mnemonic(mnemonic.strip())
         except (MnemonicError, ValueError):

@@ -1,7 +1,7 @@
 """cardlink-keytool: the security team's key tool, a client of the vault's KeyAdmin API.
 
 Subcommands: status, rotate, rewrap, retire, init, unseal, rekey, audit
-verify, audit export, keygen. See ``cardlink-keytool --help`` and the README's
+verify, audit export, keygen, keygen-custodian. See ``cardlink-keytool --help`` and the README's
 Operations section; exit codes are listed in ``clients.keytool._exit``.
 """
 

@@ -64,17 +64,16 @@ def _parser() -> argparse.ArgumentParser:
     retire = sub.add_parser("retire", help="destroy KIND VERSION (refused while needed)")
     retire.add_argument("kind", choices=sorted(KINDS))
     retire.add_argument("version", type=int)
-    init = sub.add_parser("init", help="production: create the root key and its shares")
+    init = sub.add_parser("init", help="production: create the root key and its shares, "
+                          "each sealed to a custodian key")
     _share_parameters(init)
-    init.add_argument("--out-dir", type=Path, help="write one share file per custodian here")
     unseal = sub.add_parser("unseal", help="submit your share (prompted if no file)")
-    unseal.add_argument("--share-file", type=Path)
+    _own_share(unseal)
     rekey = sub.add_parser("rekey", help="submit your share toward new shares (same root)")
     _share_parameters(rekey)
     rekey.add_argument("--rotate-root", action="store_true",
                        help="also replace the root key (the keyring is rewrapped)")
-    rekey.add_argument("--share-file", type=Path)
-    rekey.add_argument("--out-dir", type=Path)
+    _own_share(rekey)
     audit = sub.add_parser("audit", help="verify or export the audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     audit_sub.add_parser("verify", help="check the keyed hash chain")
@@ -83,12 +82,28 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--from-seq", type=int, default=0)
     keygen = sub.add_parser("keygen", help="new tool key pair; prints the JWK to publish")
     keygen.add_argument("--out", type=Path, required=True)
+    custodian = sub.add_parser("keygen-custodian",
+                               help="a custodian's X25519 key pair: NAME.key and NAME.pub")
+    custodian.add_argument("--out", type=Path, required=True, metavar="NAME",
+                           help="writes NAME.key (0600, private) and NAME.pub (base64)")
     return parser
 
 
 def _share_parameters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", "-k", type=int, required=True, help="shares needed")
     parser.add_argument("--shares", "-n", type=int, required=True, help="shares issued")
+    parser.add_argument("--custodian", type=Path, action="append", metavar="NAME.pub",
+                        help="a custodian's public key file, once per share (n in all); "
+                        "that custodian's share is sealed to it")
+    parser.add_argument("--out-dir", type=Path, help="where the sealed share files go, one "
+                        "per custodian named after the key file (default: here)")
+
+
+def _own_share(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--share-file", type=Path,
+                        help="your sealed share file (with --custodian-key), or a clear one")
+    parser.add_argument("--custodian-key", type=Path, metavar="NAME.key",
+                        help="your custodian private key: opens your sealed share locally")
 
 
 def _key_file(args: argparse.Namespace) -> Path:
@@ -114,6 +129,8 @@ def _bearer(args: argparse.Namespace) -> str:
 async def _run(args: argparse.Namespace, out: Output) -> int:
     if args.command == "keygen":
         return _commands.keygen(args, out)
+    if args.command == "keygen-custodian":
+        return _commands.keygen_custodian(args, out)
     token = _bearer(args)
     async with grpc.aio.insecure_channel(
             args.address, interceptors=bearer_interceptors(lambda: token)) as channel:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import getpass
 import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from cardlink.vault.v1 import admin_pb2, admin_pb2_grpc
-from clients.keytool import _exit
+from clients.keytool import _custodian, _exit
 from clients.keytool._output import Output, as_dict
 from common.auth import generate_signing_key, public_jwk, save_private_key_pem
 
@@ -25,11 +27,81 @@ class UsageError(Exception):
     """Bad or missing arguments the parser cannot catch."""
 
 
-def read_share(path: Path | None) -> str:
-    """A share from a file, or typed at a prompt without echo."""
-    if path is not None:
-        return path.read_text(encoding="utf-8").strip()
-    return getpass.getpass("your share (words, not echoed): ").strip()
+def read_share(path: Path | None, custodian_key: Path | None = None) -> str:
+    """Your share: a sealed share file opened locally with your custodian key, a
+    clear mnemonic file, or words typed at a prompt without echo."""
+    if path is None:
+        if custodian_key is not None:
+            raise UsageError("--custodian-key opens a sealed share: give it with --share-file")
+        return getpass.getpass("your share (words, not echoed): ").strip()
+    text = path.read_text(encoding="utf-8")
+    try:
+        sealed = _custodian.parse_sealed_share(text)
+        if custodian_key is None:
+            if sealed is not None:
+                raise UsageError(f"{path} is sealed to a custodian key: add --custodian-key "
+                                 "YOUR.key to open it")
+            return text.strip()
+        if sealed is None:
+            raise UsageError(f"{path} is not a sealed share file")
+        return _custodian.open_share(sealed, _custodian.read_private_key(custodian_key))
+    except _custodian.CustodianError as error:
+        raise UsageError(f"{path}: {error}") from None
+
+
+@dataclass(frozen=True)
+class Custodian:
+    """One --custodian public key file and the sealed share file it gets."""
+
+    public_key_file: Path
+    public_key: bytes
+    share_file: Path
+
+
+def custodians(args: argparse.Namespace) -> list[Custodian]:
+    """The --custodian keys (one per share, in order), checked before the vault is called,
+    with their share file names (after the key file: alice.pub -> alice.share)."""
+    files: list[Path] = list(args.custodian or [])
+    if len(files) != args.shares:
+        raise UsageError(f"give one --custodian public key file per share: -n {args.shares}, "
+                         f"got {len(files)} (make them with `keygen-custodian`)")
+    out_dir: Path = args.out_dir or Path(".")
+    result = []
+    for path in files:
+        try:
+            public = _custodian.read_public_key(path)
+        except _custodian.CustodianError as error:
+            raise UsageError(str(error)) from None
+        result.append(Custodian(path, public, out_dir / f"{path.stem}.share"))
+    names = [c.share_file for c in result]
+    if len(set(names)) != len(names):
+        raise UsageError("two --custodian files share a name; name each custodian's key "
+                         "file differently")
+    for name in names:
+        if name.exists():
+            raise UsageError(f"{name} exists; not overwriting a share file")
+    return result
+
+
+def write_sealed_shares(shares: Sequence[admin_pb2.SealedShare], custody: Sequence[Custodian],
+                        out: Output) -> list[str]:
+    """One 0600 sealed share file per custodian; the file names."""
+    if len(shares) != len(custody) or any(
+            s.custodian_public_key != c.public_key for s, c in zip(shares, custody, strict=False)):
+        raise UsageError("the vault's reply does not match the custodian keys given")
+    if custody:
+        custody[0].share_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for share, custodian in zip(shares, custody, strict=True):
+        _custodian.write_sealed_share(custodian.share_file, _custodian.SealedShareFile(
+            share.custodian_public_key, share.ciphertext))
+    out.info(f"wrote {len(custody)} sealed share files: hand each custodian theirs; only "
+             "their private key opens it")
+    return [str(c.share_file) for c in custody]
+
+
+def _custody_text(custody: Sequence[Custodian]) -> str:
+    return "\n".join(f"{c.share_file} (sealed to {c.public_key_file}, "
+                     f"{_custodian.fingerprint(c.public_key)})" for c in custody)
 
 
 def confirm(args: argparse.Namespace, what: str, out: Output) -> bool:
@@ -40,29 +112,6 @@ def confirm(args: argparse.Namespace, what: str, out: Output) -> bool:
         out.error(f"refusing to {what} without confirmation: add --yes")
         return False
     return input(f"{what}? type 'yes' to go on: ").strip().lower() == "yes"
-
-
-def write_shares(shares: Sequence[str], out_dir: Path | None, out: Output) -> list[str]:
-    """One 0600 file per share in ``out_dir``; the file names."""
-    if out_dir is None:
-        return []
-    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    names = []
-    for index, share in enumerate(shares, start=1):
-        path = out_dir / f"share-{index}.txt"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(share + "\n")
-        names.append(str(path))
-    out.info(f"wrote {len(names)} share files to {out_dir}: hand one to each custodian, "
-             "then delete them here")
-    return names
-
-
-def _shares_text(shares: Sequence[str], files: Sequence[str]) -> str:
-    if files:
-        return "\n".join(files)
-    return "\n".join(f"share {i}: {s}" for i, s in enumerate(shares, start=1))
 
 
 async def status(stub: admin_pb2_grpc.KeyAdminAsyncStub, args: argparse.Namespace,
@@ -126,20 +175,21 @@ async def retire(stub: admin_pb2_grpc.KeyAdminAsyncStub, args: argparse.Namespac
 
 async def init(stub: admin_pb2_grpc.KeyAdminAsyncStub, args: argparse.Namespace,
                out: Output) -> int:
+    custody = custodians(args)
     reply = await stub.InitRoot(admin_pb2.InitRootRequest(
-        threshold=args.threshold, share_count=args.shares), timeout=args.timeout)
-    files = write_shares(reply.shares, args.out_dir, out)
-    document: dict[str, Any] = {"seal": as_dict(reply.seal)}
-    document["share_files" if files else "shares"] = files or list(reply.shares)
+        threshold=args.threshold, share_count=args.shares,
+        custodian_public_keys=[c.public_key for c in custody]), timeout=args.timeout)
+    files = write_sealed_shares(reply.sealed_shares, custody, out)
+    document: dict[str, Any] = {"seal": as_dict(reply.seal), "share_files": files}
     out.result(document, f"initialized: {args.threshold} of {args.shares} shares unseal the "
-               f"vault (sealed now)\n{_shares_text(reply.shares, files)}")
+               f"vault (sealed now)\n{_custody_text(custody)}")
     return _exit.OK
 
 
 async def unseal(stub: admin_pb2_grpc.KeyAdminAsyncStub, args: argparse.Namespace,
                  out: Output) -> int:
-    reply = await stub.Unseal(admin_pb2.UnsealRequest(share=read_share(args.share_file)),
-                              timeout=args.timeout)
+    share = read_share(args.share_file, args.custodian_key)
+    reply = await stub.Unseal(admin_pb2.UnsealRequest(share=share), timeout=args.timeout)
     text = ("unsealed" if not reply.sealed else
             f"share accepted: {reply.progress} of {reply.threshold}; still sealed")
     out.result(as_dict(reply), text)
@@ -148,26 +198,45 @@ async def unseal(stub: admin_pb2_grpc.KeyAdminAsyncStub, args: argparse.Namespac
 
 async def rekey(stub: admin_pb2_grpc.KeyAdminAsyncStub, args: argparse.Namespace,
                 out: Output) -> int:
+    custody = custodians(args)
+    keys = [c.public_key for c in custody]
     what = "replace the root key and every share" if args.rotate_root else "replace every share"
     if not confirm(args, what, out):
         return _exit.NOT_CONFIRMED
-    share = read_share(args.share_file)
+    share = read_share(args.share_file, args.custodian_key)
     if args.rotate_root:
         reply = await stub.RotateRoot(admin_pb2.RotateRootRequest(
-            share=share, threshold=args.threshold, share_count=args.shares), timeout=args.timeout)
+            share=share, threshold=args.threshold, share_count=args.shares,
+            custodian_public_keys=keys), timeout=args.timeout)
     else:
         reply = await stub.RekeyRoot(admin_pb2.RekeyRootRequest(
-            share=share, threshold=args.threshold, share_count=args.shares), timeout=args.timeout)
+            share=share, threshold=args.threshold, share_count=args.shares,
+            custodian_public_keys=keys), timeout=args.timeout)
     if not reply.complete:
         out.result(as_dict(reply), f"share accepted: {reply.progress} of {reply.threshold}")
         return _exit.OK
-    files = write_shares(reply.shares, args.out_dir, out)
+    files = write_sealed_shares(reply.sealed_shares, custody, out)
     document = as_dict(reply)
-    if files:
-        document["shares"], document["share_files"] = [], files
+    document.pop("sealed_shares", None)
+    document["share_files"] = files
     out.result(document, f"done: new {args.threshold}-of-{args.shares} shares (root "
                f"{reply.root_key_id}); the old shares no longer work\n"
-               + _shares_text(reply.shares, files))
+               + _custody_text(custody))
+    return _exit.OK
+
+
+def keygen_custodian(args: argparse.Namespace, out: Output) -> int:
+    """A custodian's X25519 key pair: NAME.key stays with them, NAME.pub goes to init/rekey."""
+    try:
+        key_file, pub_file, public = _custodian.generate(args.out)
+    except _custodian.CustodianError as error:
+        raise UsageError(str(error)) from None
+    encoded = base64.b64encode(public).decode()
+    fp = _custodian.fingerprint(public)
+    out.result({"key_file": str(key_file), "public_key_file": str(pub_file),
+                "public_key": encoded, "fingerprint": fp},
+               f"wrote {key_file} (0600, keep it; it opens your share) and {pub_file}:\n"
+               f"{encoded}\nfingerprint {fp}: check it in the audit log of init/rekey")
     return _exit.OK
 
 

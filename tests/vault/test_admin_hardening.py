@@ -21,7 +21,9 @@ from vault.admin import KeyAdminService
 from vault.audit import AuditEntry
 from vault.guards import _claim
 from vault.rewrap import REWRAP_LEASE_LOST, Rewrapper, _State
-from vault.unseal import CeremonyOutcome
+from vault.unseal import CeremonyOutcome, SealedShare
+
+KEYS = (b"\x01" * 32, b"\x02" * 32, b"\x03" * 32)
 
 
 class FlakyAudit:
@@ -42,10 +44,11 @@ class FakeUnsealer:
     def __init__(self) -> None:
         self.calls = 0
 
-    async def ceremony(self, kind: str, share: str, threshold: int,
-                       count: int) -> CeremonyOutcome:
+    async def ceremony(self, kind: str, share: str, threshold: int, count: int,
+                       keys: tuple[bytes, ...]) -> CeremonyOutcome:
         self.calls += 1
-        return CeremonyOutcome(threshold, threshold, True, ("s1", "s2", "s3"), "root-2")
+        sealed = tuple(SealedShare(k, b"sealed-" + k[:1]) for k in keys)
+        return CeremonyOutcome(threshold, threshold, True, sealed, "root-2")
 
 
 def admin_with(audit: FlakyAudit, unsealer: Any = None) -> KeyAdminService:
@@ -57,16 +60,18 @@ def admin_with(audit: FlakyAudit, unsealer: Any = None) -> KeyAdminService:
 async def test_rekey_refused_when_intent_cannot_be_written() -> None:
     unsealer = FakeUnsealer()
     with pytest.raises(Unavailable):
-        await admin_with(FlakyAudit(0), unsealer).rekey("share", 2, 3, Actor("custodian"))
+        await admin_with(FlakyAudit(0), unsealer).rekey("share", 2, 3, KEYS, Actor("custodian"))
     assert unsealer.calls == 0
 
 
 async def test_rekey_returns_new_shares_when_the_outcome_entry_fails() -> None:
     audit, unsealer = FlakyAudit(1), FakeUnsealer()
-    outcome = await admin_with(audit, unsealer).rotate_root("share", 2, 3, Actor("custodian"))
-    assert outcome.shares == ("s1", "s2", "s3") and unsealer.calls == 1
+    outcome = await admin_with(audit, unsealer).rotate_root("share", 2, 3, KEYS,
+                                                            Actor("custodian"))
+    assert [s.custodian_public_key for s in outcome.shares] == list(KEYS)
+    assert unsealer.calls == 1
     assert [(e.action, e.result) for e in audit.entries] == [("root.rotate", "INTENT")]
-    assert "s1" not in repr(outcome)
+    assert "sealed-" not in repr(outcome)
 
 
 async def test_rewrap_lease_is_renewed_only_by_its_owner(

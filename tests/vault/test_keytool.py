@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from cryptography.hazmat.primitives import serialization
 
 from clients.keytool import main
 from common.clock import ManualClock
@@ -17,6 +20,7 @@ from tests.support.vault import VaultHandle, running_vault
 from tests.vault.test_lifecycle_rewrap import fill
 from vault.audit import audit_key
 from vault.config import VaultMode
+from vault.crypto import open_custodian_share
 
 
 async def keytool(vault: VaultHandle, *argv: str, token: str | None = None) -> int:
@@ -95,26 +99,79 @@ async def test_credentials_and_reachability(vault: VaultHandle,
 
 
 async def test_production_ceremony_with_the_tool(redis_url: str, key_prefix: str,
-                                                 tmp_path: Path,
+                                                 tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    caplog.set_level(logging.DEBUG)
     clock = ManualClock(start=1_800_000_000.0)
     identities = Identities.create(tmp_path, clock)
     async with running_vault(redis_url, key_prefix, tmp_path, mode=VaultMode.PRODUCTION,
                              clock=clock, identities=identities) as vault:
         assert await keytool(vault, "status") == 4  # sealed (status answers nothing else)
+        # Each custodian makes a key pair and hands over only the public half.
+        custody = tmp_path / "custodians"
+        custody.mkdir()
+        names = ["alice", "bob", "carol"]
+        for name in names:
+            assert await keytool(vault, "--json", "keygen-custodian",
+                                 "--out", str(custody / name)) == 0
+            made = last_json(capsys.readouterr().out)
+            assert (custody / f"{name}.key").stat().st_mode & 0o077 == 0
+            assert made["public_key"] == (custody / f"{name}.pub").read_text().strip()
+        assert await keytool(vault, "keygen-custodian", "--out", str(custody / "bob")) == 2
+        assert "exists" in capsys.readouterr().err
+        pubs = [arg for n in names for arg in ("--custodian", str(custody / f"{n}.pub"))]
+
         shares = tmp_path / "shares"
-        assert await keytool(vault, "init", "-k", "2", "-n", "3", "--out-dir", str(shares)) == 0
-        files = sorted(shares.iterdir())
-        assert len(files) == 3 and all(f.stat().st_mode & 0o077 == 0 for f in files)
-        assert await keytool(vault, "unseal", "--share-file", str(files[0])) == 4
+        assert await keytool(vault, "init", "-k", "2", "-n", "3", *pubs[:4],
+                             "--out-dir", str(shares)) == 2  # one key per share
+        assert "one --custodian" in capsys.readouterr().err
+        assert await keytool(vault, "init", "-k", "2", "-n", "3", *pubs,
+                             "--out-dir", str(shares)) == 0
+        init_out = capsys.readouterr().out
+        files = {f.name: f for f in shares.iterdir()}
+        assert sorted(files) == ["alice.share", "bob.share", "carol.share"]
+        assert all(f.stat().st_mode & 0o077 == 0 for f in files.values())
+        # A sealed share needs its custodian's key: without one, or with another's, refused.
+        assert await keytool(vault, "unseal", "--share-file", str(files["alice.share"])) == 2
+        assert "--custodian-key" in capsys.readouterr().err
+        assert await keytool(vault, "unseal", "--share-file", str(files["alice.share"]),
+                             "--custodian-key", str(custody / "bob.key")) == 2
+        assert "another custodian" in capsys.readouterr().err
+        assert await keytool(vault, "unseal", "--share-file", str(files["alice.share"]),
+                             "--custodian-key", str(custody / "alice.key")) == 4
         assert "1 of 2" in capsys.readouterr().out
-        assert await keytool(vault, "--json", "unseal", "--share-file", str(files[2])) == 0
+        assert await keytool(vault, "--json", "unseal", "--share-file",
+                             str(files["carol.share"]), "--custodian-key",
+                             str(custody / "carol.key")) == 0
         assert last_json(capsys.readouterr().out)["sealed"] is False
         assert await keytool(vault, "status") == 0
-        # Rekey: each custodian confirms and submits a share; the last gets the new set.
+        # Rekey: each custodian confirms and submits a share; the last gets the new set,
+        # sealed to the new custodians' keys.
         new = tmp_path / "new-shares"
-        assert await keytool(vault, "--yes", "rekey", "-k", "2", "-n", "2",
-                             "--share-file", str(files[1])) == 0
-        assert await keytool(vault, "--yes", "rekey", "-k", "2", "-n", "2",
-                             "--share-file", str(files[0]), "--out-dir", str(new)) == 0
-        assert len(list(new.iterdir())) == 2
+        new_pubs = pubs[:4]  # alice and bob
+        assert await keytool(vault, "--yes", "rekey", "-k", "2", "-n", "2", *new_pubs,
+                             "--share-file", str(files["bob.share"]), "--custodian-key",
+                             str(custody / "bob.key"), "--out-dir", str(new)) == 0
+        assert await keytool(vault, "--yes", "--json", "rekey", "-k", "2", "-n", "2",
+                             *new_pubs, "--share-file", str(files["alice.share"]),
+                             "--custodian-key", str(custody / "alice.key"),
+                             "--out-dir", str(new)) == 0
+        done = last_json(capsys.readouterr().out)
+        assert done["complete"] is True and not done.get("shares")
+        assert sorted(p.name for p in new.iterdir()) == ["alice.share", "bob.share"]
+    # Restarted, the vault opens with the new sealed shares; a clear mnemonic file works too.
+    async with running_vault(redis_url, key_prefix, tmp_path, mode=VaultMode.PRODUCTION,
+                             clock=clock, identities=identities) as vault:
+        assert await keytool(vault, "unseal", "--share-file", str(new / "bob.share"),
+                             "--custodian-key", str(custody / "bob.key")) == 4
+        sealed = json.loads((new / "alice.share").read_text())
+        key = serialization.load_pem_private_key((custody / "alice.key").read_bytes(), None)
+        mnemonic = open_custodian_share(key.private_bytes_raw(),  # type: ignore[union-attr]
+                                        base64.b64decode(sealed["ciphertext"])).decode()
+        clear = tmp_path / "alice-clear.txt"
+        clear.write_text(mnemonic + "\n")
+        assert await keytool(vault, "unseal", "--share-file", str(clear)) == 0
+        captured = capsys.readouterr()
+        logs = caplog.text + "\n".join(r.getMessage() for r in caplog.records)
+        for text in (init_out, captured.out, captured.err, logs):
+            assert " ".join(mnemonic.split()[:6]) not in text

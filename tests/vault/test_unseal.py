@@ -1,4 +1,5 @@
-"""Production mode: init splits the root into SLIP-39 shares; k custodians unseal."""
+"""Production mode: init splits the root into SLIP-39 shares, each sealed to its
+custodian's X25519 key; k custodians open theirs and unseal."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as aioredis
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shamir_mnemonic import Share
 
@@ -22,6 +24,7 @@ from tests.support.identities import Identities
 from tests.support.vault import VaultHandle, running_vault
 from vault.audit import audit_key
 from vault.config import VaultMode
+from vault.crypto import open_custodian_share
 from vault.unseal import split_root
 
 K, N = 3, 5
@@ -52,11 +55,29 @@ async def refused(vault: VaultHandle, share: str) -> str:
     return str(error_from_rpc(caught.value).reason)
 
 
+def custodian_keys(count: int) -> list[X25519PrivateKey]:
+    return [X25519PrivateKey.generate() for _ in range(count)]
+
+
+def public_keys(keys: list[X25519PrivateKey]) -> list[bytes]:
+    return [k.public_key().public_bytes_raw() for k in keys]
+
+
+def open_shares(sealed: Any, keys: list[X25519PrivateKey]) -> list[str]:
+    """What each custodian does with their own sealed share and private key."""
+    assert [s.custodian_public_key for s in sealed] == public_keys(keys)
+    return [open_custodian_share(k.private_bytes_raw(), s.ciphertext).decode()
+            for s, k in zip(sealed, keys, strict=True)]
+
+
 async def init(vault: VaultHandle) -> list[str]:
-    reply = await vault.admin.InitRoot(admin_pb2.InitRootRequest(threshold=K, share_count=N),
-                                       metadata=vault.security())
+    keys = custodian_keys(N)
+    reply = await vault.admin.InitRoot(admin_pb2.InitRootRequest(
+        threshold=K, share_count=N, custodian_public_keys=public_keys(keys)),
+        metadata=vault.security())
     assert reply.seal.sealed and reply.seal.initialized
-    return list(reply.shares)
+    assert not reply.shares  # never in clear
+    return open_shares(reply.sealed_shares, keys)
 
 
 async def tokenize(vault: VaultHandle) -> str:
@@ -156,24 +177,30 @@ async def test_rekey_and_rotate_root_need_k_custodians(
         name = await tokenize(vault)
 
         # Rekey to 2-of-3: same root, new shares; k-1 submissions do nothing yet.
+        three = custodian_keys(3)
         for share in shares[:K - 1]:
             step = await vault.admin.RekeyRoot(admin_pb2.RekeyRootRequest(
-                share=share, threshold=2, share_count=3), metadata=vault.security())
-            assert not step.complete and not step.shares
+                share=share, threshold=2, share_count=3,
+                custodian_public_keys=public_keys(three)), metadata=vault.security())
+            assert not step.complete and not step.sealed_shares
         done = await vault.admin.RekeyRoot(admin_pb2.RekeyRootRequest(
-            share=shares[K - 1], threshold=2, share_count=3), metadata=vault.security())
-        assert done.complete and len(done.shares) == 3
-        rekeyed = list(done.shares)
+            share=shares[K - 1], threshold=2, share_count=3,
+            custodian_public_keys=public_keys(three)), metadata=vault.security())
+        assert done.complete and len(done.sealed_shares) == 3 and not done.shares
+        rekeyed = open_shares(done.sealed_shares, three)
         root_id = done.root_key_id
 
         # Rotate the root with 2 of the new shares: the keyring is rewrapped.
+        two = custodian_keys(2)
         step = await vault.admin.RotateRoot(admin_pb2.RotateRootRequest(
-            share=rekeyed[0], threshold=2, share_count=2), metadata=vault.security())
+            share=rekeyed[0], threshold=2, share_count=2,
+            custodian_public_keys=public_keys(two)), metadata=vault.security())
         assert not step.complete
         rotated = await vault.admin.RotateRoot(admin_pb2.RotateRootRequest(
-            share=rekeyed[2], threshold=2, share_count=2), metadata=vault.security())
-        assert rotated.complete and rotated.root_key_id != root_id
-        newest = list(rotated.shares)
+            share=rekeyed[2], threshold=2, share_count=2,
+            custodian_public_keys=public_keys(two)), metadata=vault.security())
+        assert rotated.complete and rotated.root_key_id != root_id and not rotated.shares
+        newest = open_shares(rotated.sealed_shares, two)
         assert (await detokenize(vault, name)).pan == card().pan
         stored_root = await redis_client.hget(f"{key_prefix}:vault:keys", "root")
         assert stored_root == rotated.root_key_id.encode()

@@ -6,6 +6,8 @@
 - ``FingerprintKey.fingerprint``: HMAC-SHA256 of a PAN under a per-tenant key.
 - ``SealingKey.open`` / ``seal``: HPKE (RFC 9180) base mode,
   DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM.
+- ``seal_custodian_share`` / ``open_custodian_share``: HPKE, same suite,
+  of one root-key share to its custodian's X25519 key.
 - ``SigningKey.sign_key_set`` / ``verify_key_set``: Ed25519 over the key set.
 - ``RootKey.wrap/unwrap``: versioned key material at rest in Redis.
 - ``AuditMacKey.mac``: the audit log's keyed hash chain (HMAC-SHA256).
@@ -15,11 +17,15 @@ Every failure to open raises :class:`DecryptionFailed`; nothing returns None.
 
 from vault.crypto._asymmetric import (
     AEAD_ID,
+    CUSTODIAN_SHARE_INFO,
     KDF_ID,
     KEM_ID,
     SealingKey,
     SigningKey,
+    custodian_key_usable,
+    open_custodian_share,
     seal,
+    seal_custodian_share,
     sealing_info,
     verify_key_set,
 )
@@ -36,6 +42,7 @@ from vault.crypto._symmetric import (
 
 __all__ = [
     "AEAD_ID",
+    "CUSTODIAN_SHARE_INFO",
     "KDF_ID",
     "KEM_ID",
     "AuditMacKey",
@@ -48,9 +55,12 @@ __all__ = [
     "SealingKey",
     "SignatureInvalid",
     "SigningKey",
+    "custodian_key_usable",
     "new_symmetric_key",
+    "open_custodian_share",
     "record_aad",
     "seal",
+    "seal_custodian_share",
     "sealing_info",
     "verify_key_set",
 ]

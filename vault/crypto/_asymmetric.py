@@ -29,6 +29,8 @@ AEAD_ID = 0x0002  # AES-256-GCM
 SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 SEALED_CARD_LABEL = b"cardlink.vault.v1 sealed card"
 KEY_SET_LABEL = b"cardlink.vault.v1 key set"
+CUSTODIAN_SHARE_INFO = b"cardlink.vault.v1 custodian share"
+CUSTODIAN_KEY_SIZE = 32
 
 
 def sealing_info(tenant: str) -> bytes:
@@ -51,6 +53,38 @@ def seal(public_key: bytes, plaintext: bytes, *, tenant: str) -> bytes:
     """Seal ``plaintext`` to a raw X25519 public key (what a partner client does)."""
     recipient = X25519PublicKey.from_public_bytes(public_key)
     return SUITE.encrypt(plaintext, recipient, info=sealing_info(tenant))
+
+
+def seal_custodian_share(public_key: bytes, share: bytes) -> bytes:
+    """HPKE-seal one root-key share to its custodian's raw X25519 public key.
+
+    ``info`` is the fixed custodian-share label, so a sealed card can never
+    pass for a share or the other way round. Raises ValueError for a key
+    that is not a usable X25519 public key (wrong size, low order).
+    """
+    if len(public_key) != CUSTODIAN_KEY_SIZE:
+        raise ValueError("a custodian key is a raw 32-byte X25519 public key")
+    recipient = X25519PublicKey.from_public_bytes(public_key)
+    return SUITE.encrypt(share, recipient, info=CUSTODIAN_SHARE_INFO)
+
+
+def custodian_key_usable(public_key: bytes) -> bool:
+    """True if shares can be sealed to ``public_key`` (32 bytes, not a low-order point)."""
+    try:
+        seal_custodian_share(public_key, b"")
+    except ValueError:
+        return False
+    return True
+
+
+def open_custodian_share(private_key: bytes, sealed: bytes) -> bytes:
+    """Open a sealed share with the custodian's raw X25519 private key, or
+    :class:`DecryptionFailed` (what the key tool does, on the custodian's side)."""
+    try:
+        key = X25519PrivateKey.from_private_bytes(private_key)
+        return SUITE.decrypt(sealed, key, info=CUSTODIAN_SHARE_INFO)
+    except (InvalidTag, ValueError):
+        raise DecryptionFailed("sealed share did not open") from None
 
 
 class SealingKey:

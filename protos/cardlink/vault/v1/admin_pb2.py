@@ -27,7 +27,7 @@ from google.api import field_info_pb2 as google_dot_api_dot_field__info__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63\x61rdlink/vault/v1/admin.proto\x12\x11\x63\x61rdlink.vault.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/api/field_info.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf7\x02\n\nKeyVersion\x12.\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.cardlink.vault.v1.KeyKindB\x04\xe2\x41\x01\x03\x12\x15\n\x07version\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06key_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x63urrent\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x38\n\x0esupersede_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1a\n\x0crecord_count\x18\x08 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x18\n\npublic_key\x18\t \x01(\x0c\x42\x04\xe2\x41\x01\x03\x12\x17\n\tdestroyed\x18\n \x01(\x08\x42\x04\xe2\x41\x01\x03\"\x15\n\x13GetKeyStatusRequest\"\xc8\x01\n\tKeyStatus\x12\x35\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.cardlink.vault.v1.KeyVersionB\x04\xe2\x41\x01\x03\x12\x31\n\x04seal\x18\x02 \x01(\x0b\x32\x1d.cardlink.vault.v1.SealStatusB\x04\xe2\x41\x01\x03\x12\x37\n\x06rewrap\x18\x03 \x01(\x0b\x32!.cardlink.vault.v1.RewrapProgressB\x04\xe2\x41\x01\x03\x12\x18\n\ngeneration\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\"d\n\x10RotateKeyRequest\x12.\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.cardlink.vault.v1.KeyKindB\x04\xe2\x41\x01\x02\x12 \n\nrequest_id\x18\x02 \x01(\tB\x0c\xe2\x41\x01\x01\xe2\x8c\xcf\xd7\x08\x02\x08\x01\"g\n\x14RewrapRecordsRequest\x12\x18\n\nbatch_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x13\n\x05limit\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x01\x12 \n\nrequest_id\x18\x03 \x01(\tB\x0c\xe2\x41\x01\x01\xe2\x8c\xcf\xd7\x08\x02\x08\x01\"\xe3\x01\n\x0eRewrapProgress\x12\x12\n\x04\x64one\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05total\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x12\n\x04rate\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x65ta_seconds\x18\x04 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x16\n\x08\x63omplete\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12 \n\x12target_kek_version\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12(\n\x1atarget_fingerprint_version\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x15\n\x07skipped\x18\x08 \x01(\x03\x42\x04\xe2\x41\x01\x03\"\x82\x01\n\x17RetireKeyVersionRequest\x12.\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.cardlink.vault.v1.KeyKindB\x04\xe2\x41\x01\x02\x12\x15\n\x07version\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12 \n\nrequest_id\x18\x03 \x01(\tB\x0c\xe2\x41\x01\x01\xe2\x8c\xcf\xd7\x08\x02\x08\x01\"E\n\x0fInitRootRequest\x12\x17\n\tthreshold\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x19\n\x0bshare_count\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\"[\n\x10InitRootResponse\x12\x14\n\x06shares\x18\x01 \x03(\tB\x04\xe2\x41\x01\x03\x12\x31\n\x04seal\x18\x02 \x01(\x0b\x32\x1d.cardlink.vault.v1.SealStatusB\x04\xe2\x41\x01\x03\"\x16\n\x14GetSealStatusRequest\"\xbb\x01\n\nSealStatus\x12\x14\n\x06sealed\x18\x01 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0binitialized\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x17\n\tthreshold\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0bshare_count\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x16\n\x08progress\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0erefused_shares\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x12\n\x04mode\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\"$\n\rUnsealRequest\x12\x13\n\x05share\x18\x01 \x01(\tB\x04\xe2\x41\x01\x04\"[\n\x10RekeyRootRequest\x12\x13\n\x05share\x18\x01 \x01(\tB\x04\xe2\x41\x01\x04\x12\x17\n\tthreshold\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x19\n\x0bshare_count\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x02\"\\\n\x11RotateRootRequest\x12\x13\n\x05share\x18\x01 \x01(\tB\x04\xe2\x41\x01\x04\x12\x17\n\tthreshold\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x19\n\x0bshare_count\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x02\"\x88\x01\n\x0cRootCeremony\x12\x16\n\x08progress\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x17\n\tthreshold\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x16\n\x08\x63omplete\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06shares\x18\x04 \x03(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0broot_key_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\"\x14\n\x12VerifyAuditRequest\"\xb8\x01\n\x11\x41uditVerification\x12\x10\n\x02ok\x18\x01 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x16\n\x08verified\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x15\n\x07problem\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x65ntry_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x65xpected_seq\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x16\n\x08head_seq\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x16\n\x08head_mac\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\"-\n\x12\x45xportAuditRequest\x12\x17\n\tstart_seq\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x01\"\x96\x01\n\x0b\x41uditRecord\x12\x16\n\x08\x65ntry_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12@\n\x06\x66ields\x18\x02 \x03(\x0b\x32*.cardlink.vault.v1.AuditRecord.FieldsEntryB\x04\xe2\x41\x01\x03\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*{\n\x07KeyKind\x12\x18\n\x14KEY_KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cKEY_KIND_KEK\x10\x01\x12\x18\n\x14KEY_KIND_FINGERPRINT\x10\x02\x12\x14\n\x10KEY_KIND_SEALING\x10\x03\x12\x14\n\x10KEY_KIND_SIGNING\x10\x04\x32\xc4\x07\n\x08KeyAdmin\x12T\n\x0cGetKeyStatus\x12&.cardlink.vault.v1.GetKeyStatusRequest\x1a\x1c.cardlink.vault.v1.KeyStatus\x12O\n\tRotateKey\x12#.cardlink.vault.v1.RotateKeyRequest\x1a\x1d.cardlink.vault.v1.KeyVersion\x12]\n\rRewrapRecords\x12\'.cardlink.vault.v1.RewrapRecordsRequest\x1a!.cardlink.vault.v1.RewrapProgress0\x01\x12]\n\x10RetireKeyVersion\x12*.cardlink.vault.v1.RetireKeyVersionRequest\x1a\x1d.cardlink.vault.v1.KeyVersion\x12S\n\x08InitRoot\x12\".cardlink.vault.v1.InitRootRequest\x1a#.cardlink.vault.v1.InitRootResponse\x12W\n\rGetSealStatus\x12\'.cardlink.vault.v1.GetSealStatusRequest\x1a\x1d.cardlink.vault.v1.SealStatus\x12I\n\x06Unseal\x12 .cardlink.vault.v1.UnsealRequest\x1a\x1d.cardlink.vault.v1.SealStatus\x12Q\n\tRekeyRoot\x12#.cardlink.vault.v1.RekeyRootRequest\x1a\x1f.cardlink.vault.v1.RootCeremony\x12S\n\nRotateRoot\x12$.cardlink.vault.v1.RotateRootRequest\x1a\x1f.cardlink.vault.v1.RootCeremony\x12Z\n\x0bVerifyAudit\x12%.cardlink.vault.v1.VerifyAuditRequest\x1a$.cardlink.vault.v1.AuditVerification\x12V\n\x0b\x45xportAudit\x12%.cardlink.vault.v1.ExportAuditRequest\x1a\x1e.cardlink.vault.v1.AuditRecord0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63\x61rdlink/vault/v1/admin.proto\x12\x11\x63\x61rdlink.vault.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/api/field_info.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf7\x02\n\nKeyVersion\x12.\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.cardlink.vault.v1.KeyKindB\x04\xe2\x41\x01\x03\x12\x15\n\x07version\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06key_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07\x63urrent\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x38\n\x0esupersede_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1a\n\x0crecord_count\x18\x08 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x18\n\npublic_key\x18\t \x01(\x0c\x42\x04\xe2\x41\x01\x03\x12\x17\n\tdestroyed\x18\n \x01(\x08\x42\x04\xe2\x41\x01\x03\"\x15\n\x13GetKeyStatusRequest\"\xc8\x01\n\tKeyStatus\x12\x35\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.cardlink.vault.v1.KeyVersionB\x04\xe2\x41\x01\x03\x12\x31\n\x04seal\x18\x02 \x01(\x0b\x32\x1d.cardlink.vault.v1.SealStatusB\x04\xe2\x41\x01\x03\x12\x37\n\x06rewrap\x18\x03 \x01(\x0b\x32!.cardlink.vault.v1.RewrapProgressB\x04\xe2\x41\x01\x03\x12\x18\n\ngeneration\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\"d\n\x10RotateKeyRequest\x12.\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.cardlink.vault.v1.KeyKindB\x04\xe2\x41\x01\x02\x12 \n\nrequest_id\x18\x02 \x01(\tB\x0c\xe2\x41\x01\x01\xe2\x8c\xcf\xd7\x08\x02\x08\x01\"g\n\x14RewrapRecordsRequest\x12\x18\n\nbatch_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x13\n\x05limit\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x01\x12 \n\nrequest_id\x18\x03 \x01(\tB\x0c\xe2\x41\x01\x01\xe2\x8c\xcf\xd7\x08\x02\x08\x01\"\xe3\x01\n\x0eRewrapProgress\x12\x12\n\x04\x64one\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x13\n\x05total\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x12\n\x04rate\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x65ta_seconds\x18\x04 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x16\n\x08\x63omplete\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12 \n\x12target_kek_version\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12(\n\x1atarget_fingerprint_version\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x15\n\x07skipped\x18\x08 \x01(\x03\x42\x04\xe2\x41\x01\x03\"\x82\x01\n\x17RetireKeyVersionRequest\x12.\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.cardlink.vault.v1.KeyKindB\x04\xe2\x41\x01\x02\x12\x15\n\x07version\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12 \n\nrequest_id\x18\x03 \x01(\tB\x0c\xe2\x41\x01\x01\xe2\x8c\xcf\xd7\x08\x02\x08\x01\"j\n\x0fInitRootRequest\x12\x17\n\tthreshold\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x19\n\x0bshare_count\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12#\n\x15\x63ustodian_public_keys\x18\x03 \x03(\x0c\x42\x04\xe2\x41\x01\x02\"K\n\x0bSealedShare\x12\"\n\x14\x63ustodian_public_key\x18\x01 \x01(\x0c\x42\x04\xe2\x41\x01\x03\x12\x18\n\nciphertext\x18\x02 \x01(\x0c\x42\x04\xe2\x41\x01\x03\"\x98\x01\n\x10InitRootResponse\x12\x14\n\x06shares\x18\x01 \x03(\tB\x04\xe2\x41\x01\x03\x12\x31\n\x04seal\x18\x02 \x01(\x0b\x32\x1d.cardlink.vault.v1.SealStatusB\x04\xe2\x41\x01\x03\x12;\n\rsealed_shares\x18\x03 \x03(\x0b\x32\x1e.cardlink.vault.v1.SealedShareB\x04\xe2\x41\x01\x03\"\x16\n\x14GetSealStatusRequest\"\xbb\x01\n\nSealStatus\x12\x14\n\x06sealed\x18\x01 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0binitialized\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x17\n\tthreshold\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0bshare_count\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x16\n\x08progress\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0erefused_shares\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x12\n\x04mode\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\"$\n\rUnsealRequest\x12\x13\n\x05share\x18\x01 \x01(\tB\x04\xe2\x41\x01\x04\"\x80\x01\n\x10RekeyRootRequest\x12\x13\n\x05share\x18\x01 \x01(\tB\x04\xe2\x41\x01\x04\x12\x17\n\tthreshold\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x19\n\x0bshare_count\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12#\n\x15\x63ustodian_public_keys\x18\x04 \x03(\x0c\x42\x04\xe2\x41\x01\x02\"\x81\x01\n\x11RotateRootRequest\x12\x13\n\x05share\x18\x01 \x01(\tB\x04\xe2\x41\x01\x04\x12\x17\n\tthreshold\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12\x19\n\x0bshare_count\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x02\x12#\n\x15\x63ustodian_public_keys\x18\x04 \x03(\x0c\x42\x04\xe2\x41\x01\x02\"\xc5\x01\n\x0cRootCeremony\x12\x16\n\x08progress\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x17\n\tthreshold\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x16\n\x08\x63omplete\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06shares\x18\x04 \x03(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0broot_key_id\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12;\n\rsealed_shares\x18\x06 \x03(\x0b\x32\x1e.cardlink.vault.v1.SealedShareB\x04\xe2\x41\x01\x03\"\x14\n\x12VerifyAuditRequest\"\xb8\x01\n\x11\x41uditVerification\x12\x10\n\x02ok\x18\x01 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x16\n\x08verified\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x15\n\x07problem\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x65ntry_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x65xpected_seq\x18\x05 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x16\n\x08head_seq\x18\x06 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x16\n\x08head_mac\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\"-\n\x12\x45xportAuditRequest\x12\x17\n\tstart_seq\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x01\"\x96\x01\n\x0b\x41uditRecord\x12\x16\n\x08\x65ntry_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12@\n\x06\x66ields\x18\x02 \x03(\x0b\x32*.cardlink.vault.v1.AuditRecord.FieldsEntryB\x04\xe2\x41\x01\x03\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*{\n\x07KeyKind\x12\x18\n\x14KEY_KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cKEY_KIND_KEK\x10\x01\x12\x18\n\x14KEY_KIND_FINGERPRINT\x10\x02\x12\x14\n\x10KEY_KIND_SEALING\x10\x03\x12\x14\n\x10KEY_KIND_SIGNING\x10\x04\x32\xc4\x07\n\x08KeyAdmin\x12T\n\x0cGetKeyStatus\x12&.cardlink.vault.v1.GetKeyStatusRequest\x1a\x1c.cardlink.vault.v1.KeyStatus\x12O\n\tRotateKey\x12#.cardlink.vault.v1.RotateKeyRequest\x1a\x1d.cardlink.vault.v1.KeyVersion\x12]\n\rRewrapRecords\x12\'.cardlink.vault.v1.RewrapRecordsRequest\x1a!.cardlink.vault.v1.RewrapProgress0\x01\x12]\n\x10RetireKeyVersion\x12*.cardlink.vault.v1.RetireKeyVersionRequest\x1a\x1d.cardlink.vault.v1.KeyVersion\x12S\n\x08InitRoot\x12\".cardlink.vault.v1.InitRootRequest\x1a#.cardlink.vault.v1.InitRootResponse\x12W\n\rGetSealStatus\x12\'.cardlink.vault.v1.GetSealStatusRequest\x1a\x1d.cardlink.vault.v1.SealStatus\x12I\n\x06Unseal\x12 .cardlink.vault.v1.UnsealRequest\x1a\x1d.cardlink.vault.v1.SealStatus\x12Q\n\tRekeyRoot\x12#.cardlink.vault.v1.RekeyRootRequest\x1a\x1f.cardlink.vault.v1.RootCeremony\x12S\n\nRotateRoot\x12$.cardlink.vault.v1.RotateRootRequest\x1a\x1f.cardlink.vault.v1.RootCeremony\x12Z\n\x0bVerifyAudit\x12%.cardlink.vault.v1.VerifyAuditRequest\x1a$.cardlink.vault.v1.AuditVerification\x12V\n\x0b\x45xportAudit\x12%.cardlink.vault.v1.ExportAuditRequest\x1a\x1e.cardlink.vault.v1.AuditRecord0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -98,10 +98,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INITROOTREQUEST'].fields_by_name['threshold']._serialized_options = b'\342A\001\002'
   _globals['_INITROOTREQUEST'].fields_by_name['share_count']._loaded_options = None
   _globals['_INITROOTREQUEST'].fields_by_name['share_count']._serialized_options = b'\342A\001\002'
+  _globals['_INITROOTREQUEST'].fields_by_name['custodian_public_keys']._loaded_options = None
+  _globals['_INITROOTREQUEST'].fields_by_name['custodian_public_keys']._serialized_options = b'\342A\001\002'
+  _globals['_SEALEDSHARE'].fields_by_name['custodian_public_key']._loaded_options = None
+  _globals['_SEALEDSHARE'].fields_by_name['custodian_public_key']._serialized_options = b'\342A\001\003'
+  _globals['_SEALEDSHARE'].fields_by_name['ciphertext']._loaded_options = None
+  _globals['_SEALEDSHARE'].fields_by_name['ciphertext']._serialized_options = b'\342A\001\003'
   _globals['_INITROOTRESPONSE'].fields_by_name['shares']._loaded_options = None
   _globals['_INITROOTRESPONSE'].fields_by_name['shares']._serialized_options = b'\342A\001\003'
   _globals['_INITROOTRESPONSE'].fields_by_name['seal']._loaded_options = None
   _globals['_INITROOTRESPONSE'].fields_by_name['seal']._serialized_options = b'\342A\001\003'
+  _globals['_INITROOTRESPONSE'].fields_by_name['sealed_shares']._loaded_options = None
+  _globals['_INITROOTRESPONSE'].fields_by_name['sealed_shares']._serialized_options = b'\342A\001\003'
   _globals['_SEALSTATUS'].fields_by_name['sealed']._loaded_options = None
   _globals['_SEALSTATUS'].fields_by_name['sealed']._serialized_options = b'\342A\001\003'
   _globals['_SEALSTATUS'].fields_by_name['initialized']._loaded_options = None
@@ -124,12 +132,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REKEYROOTREQUEST'].fields_by_name['threshold']._serialized_options = b'\342A\001\002'
   _globals['_REKEYROOTREQUEST'].fields_by_name['share_count']._loaded_options = None
   _globals['_REKEYROOTREQUEST'].fields_by_name['share_count']._serialized_options = b'\342A\001\002'
+  _globals['_REKEYROOTREQUEST'].fields_by_name['custodian_public_keys']._loaded_options = None
+  _globals['_REKEYROOTREQUEST'].fields_by_name['custodian_public_keys']._serialized_options = b'\342A\001\002'
   _globals['_ROTATEROOTREQUEST'].fields_by_name['share']._loaded_options = None
   _globals['_ROTATEROOTREQUEST'].fields_by_name['share']._serialized_options = b'\342A\001\004'
   _globals['_ROTATEROOTREQUEST'].fields_by_name['threshold']._loaded_options = None
   _globals['_ROTATEROOTREQUEST'].fields_by_name['threshold']._serialized_options = b'\342A\001\002'
   _globals['_ROTATEROOTREQUEST'].fields_by_name['share_count']._loaded_options = None
   _globals['_ROTATEROOTREQUEST'].fields_by_name['share_count']._serialized_options = b'\342A\001\002'
+  _globals['_ROTATEROOTREQUEST'].fields_by_name['custodian_public_keys']._loaded_options = None
+  _globals['_ROTATEROOTREQUEST'].fields_by_name['custodian_public_keys']._serialized_options = b'\342A\001\002'
   _globals['_ROOTCEREMONY'].fields_by_name['progress']._loaded_options = None
   _globals['_ROOTCEREMONY'].fields_by_name['progress']._serialized_options = b'\342A\001\003'
   _globals['_ROOTCEREMONY'].fields_by_name['threshold']._loaded_options = None
@@ -140,6 +152,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROOTCEREMONY'].fields_by_name['shares']._serialized_options = b'\342A\001\003'
   _globals['_ROOTCEREMONY'].fields_by_name['root_key_id']._loaded_options = None
   _globals['_ROOTCEREMONY'].fields_by_name['root_key_id']._serialized_options = b'\342A\001\003'
+  _globals['_ROOTCEREMONY'].fields_by_name['sealed_shares']._loaded_options = None
+  _globals['_ROOTCEREMONY'].fields_by_name['sealed_shares']._serialized_options = b'\342A\001\003'
   _globals['_AUDITVERIFICATION'].fields_by_name['ok']._loaded_options = None
   _globals['_AUDITVERIFICATION'].fields_by_name['ok']._serialized_options = b'\342A\001\003'
   _globals['_AUDITVERIFICATION'].fields_by_name['verified']._loaded_options = None
@@ -162,8 +176,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUDITRECORD'].fields_by_name['entry_id']._serialized_options = b'\342A\001\003'
   _globals['_AUDITRECORD'].fields_by_name['fields']._loaded_options = None
   _globals['_AUDITRECORD'].fields_by_name['fields']._serialized_options = b'\342A\001\003'
-  _globals['_KEYKIND']._serialized_start=2472
-  _globals['_KEYKIND']._serialized_end=2595
+  _globals['_KEYKIND']._serialized_start=2785
+  _globals['_KEYKIND']._serialized_end=2908
   _globals['_KEYVERSION']._serialized_start=148
   _globals['_KEYVERSION']._serialized_end=523
   _globals['_GETKEYSTATUSREQUEST']._serialized_start=525
@@ -179,31 +193,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RETIREKEYVERSIONREQUEST']._serialized_start=1189
   _globals['_RETIREKEYVERSIONREQUEST']._serialized_end=1319
   _globals['_INITROOTREQUEST']._serialized_start=1321
-  _globals['_INITROOTREQUEST']._serialized_end=1390
-  _globals['_INITROOTRESPONSE']._serialized_start=1392
-  _globals['_INITROOTRESPONSE']._serialized_end=1483
-  _globals['_GETSEALSTATUSREQUEST']._serialized_start=1485
-  _globals['_GETSEALSTATUSREQUEST']._serialized_end=1507
-  _globals['_SEALSTATUS']._serialized_start=1510
-  _globals['_SEALSTATUS']._serialized_end=1697
-  _globals['_UNSEALREQUEST']._serialized_start=1699
-  _globals['_UNSEALREQUEST']._serialized_end=1735
-  _globals['_REKEYROOTREQUEST']._serialized_start=1737
-  _globals['_REKEYROOTREQUEST']._serialized_end=1828
-  _globals['_ROTATEROOTREQUEST']._serialized_start=1830
-  _globals['_ROTATEROOTREQUEST']._serialized_end=1922
-  _globals['_ROOTCEREMONY']._serialized_start=1925
-  _globals['_ROOTCEREMONY']._serialized_end=2061
-  _globals['_VERIFYAUDITREQUEST']._serialized_start=2063
-  _globals['_VERIFYAUDITREQUEST']._serialized_end=2083
-  _globals['_AUDITVERIFICATION']._serialized_start=2086
-  _globals['_AUDITVERIFICATION']._serialized_end=2270
-  _globals['_EXPORTAUDITREQUEST']._serialized_start=2272
-  _globals['_EXPORTAUDITREQUEST']._serialized_end=2317
-  _globals['_AUDITRECORD']._serialized_start=2320
-  _globals['_AUDITRECORD']._serialized_end=2470
-  _globals['_AUDITRECORD_FIELDSENTRY']._serialized_start=2425
-  _globals['_AUDITRECORD_FIELDSENTRY']._serialized_end=2470
-  _globals['_KEYADMIN']._serialized_start=2598
-  _globals['_KEYADMIN']._serialized_end=3562
+  _globals['_INITROOTREQUEST']._serialized_end=1427
+  _globals['_SEALEDSHARE']._serialized_start=1429
+  _globals['_SEALEDSHARE']._serialized_end=1504
+  _globals['_INITROOTRESPONSE']._serialized_start=1507
+  _globals['_INITROOTRESPONSE']._serialized_end=1659
+  _globals['_GETSEALSTATUSREQUEST']._serialized_start=1661
+  _globals['_GETSEALSTATUSREQUEST']._serialized_end=1683
+  _globals['_SEALSTATUS']._serialized_start=1686
+  _globals['_SEALSTATUS']._serialized_end=1873
+  _globals['_UNSEALREQUEST']._serialized_start=1875
+  _globals['_UNSEALREQUEST']._serialized_end=1911
+  _globals['_REKEYROOTREQUEST']._serialized_start=1914
+  _globals['_REKEYROOTREQUEST']._serialized_end=2042
+  _globals['_ROTATEROOTREQUEST']._serialized_start=2045
+  _globals['_ROTATEROOTREQUEST']._serialized_end=2174
+  _globals['_ROOTCEREMONY']._serialized_start=2177
+  _globals['_ROOTCEREMONY']._serialized_end=2374
+  _globals['_VERIFYAUDITREQUEST']._serialized_start=2376
+  _globals['_VERIFYAUDITREQUEST']._serialized_end=2396
+  _globals['_AUDITVERIFICATION']._serialized_start=2399
+  _globals['_AUDITVERIFICATION']._serialized_end=2583
+  _globals['_EXPORTAUDITREQUEST']._serialized_start=2585
+  _globals['_EXPORTAUDITREQUEST']._serialized_end=2630
+  _globals['_AUDITRECORD']._serialized_start=2633
+  _globals['_AUDITRECORD']._serialized_end=2783
+  _globals['_AUDITRECORD_FIELDSENTRY']._serialized_start=2738
+  _globals['_AUDITRECORD_FIELDSENTRY']._serialized_end=2783
+  _globals['_KEYADMIN']._serialized_start=2911
+  _globals['_KEYADMIN']._serialized_end=3875
 # @@protoc_insertion_point(module_scope)

@@ -4,9 +4,10 @@ isort:skip_file
 Key administration for the CardLink token vault: the security team's
 interface for key rotation, record rewrap, key retirement, the production
 unseal ceremony (split knowledge, dual control) and the tamper-evident
-audit log. Never returns key material or card data, with one exception:
-InitRoot and a completed RekeyRoot/RotateRoot return the custodian shares
-once, to be handed to the custodians.
+audit log. Never returns key material or card data. InitRoot and a
+completed RekeyRoot/RotateRoot return the new custodian shares once, each
+sealed to its custodian's X25519 public key (split knowledge: no caller
+can read another custodian's share).
 """
 
 from collections import abc as _abc
@@ -329,23 +330,64 @@ class InitRootRequest(_message.Message):
 
     THRESHOLD_FIELD_NUMBER: _builtins.int
     SHARE_COUNT_FIELD_NUMBER: _builtins.int
+    CUSTODIAN_PUBLIC_KEYS_FIELD_NUMBER: _builtins.int
     threshold: _builtins.int
     """Required. Shares needed to unseal (k), 1 to 16."""
     share_count: _builtins.int
     """Required. Shares issued (n), threshold to 16."""
+    @_builtins.property
+    def custodian_public_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Required. One raw 32-byte X25519 public key per new share (exactly
+        share_count of them, all different): share i is sealed (HPKE) to key i
+        inside the vault, so no caller sees another custodian's share in clear.
+        """
+
     def __init__(
         self,
         *,
         threshold: _builtins.int = ...,
         share_count: _builtins.int = ...,
+        custodian_public_keys: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["share_count", b"share_count", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["custodian_public_keys", b"custodian_public_keys", "share_count", b"share_count", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InitRootRequest: _TypeAlias = InitRootRequest  # noqa: Y015
+
+@_typing.final
+class SealedShare(_message.Message):
+    """One custodian share, sealed with HPKE (RFC 9180: DHKEM(X25519,
+    HKDF-SHA256), HKDF-SHA256, AES-256-GCM, base mode, info "cardlink.vault.v1
+    custodian share") to the custodian's X25519 public key. Only that
+    custodian's private key opens it, to the SLIP-39 mnemonic Unseal takes.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTODIAN_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    custodian_public_key: _builtins.bytes
+    """Output only. The custodian public key (raw, 32 bytes) the share is
+    sealed to, as given in the request.
+    """
+    ciphertext: _builtins.bytes
+    """Output only. The HPKE encapsulated key followed by the ciphertext."""
+    def __init__(
+        self,
+        *,
+        custodian_public_key: _builtins.bytes = ...,
+        ciphertext: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "custodian_public_key", b"custodian_public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SealedShare: _TypeAlias = SealedShare  # noqa: Y015
 
 @_typing.final
 class InitRootResponse(_message.Message):
@@ -355,25 +397,33 @@ class InitRootResponse(_message.Message):
 
     SHARES_FIELD_NUMBER: _builtins.int
     SEAL_FIELD_NUMBER: _builtins.int
+    SEALED_SHARES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def shares(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Output only. The n SLIP-39 mnemonic shares, one per custodian. Shown
-        once; the vault keeps none of them.
+        """Deprecated: never set. Shares are no longer returned in clear; see
+        sealed_shares.
         """
 
     @_builtins.property
     def seal(self) -> Global___SealStatus:
         """Output only. The seal state after init (sealed)."""
 
+    @_builtins.property
+    def sealed_shares(self) -> _containers.RepeatedCompositeFieldContainer[Global___SealedShare]:
+        """Output only. The n shares, in the order of custodian_public_keys, each
+        sealed to its custodian. Shown once; the vault keeps none of them.
+        """
+
     def __init__(
         self,
         *,
         shares: _abc.Iterable[_builtins.str] | None = ...,
         seal: Global___SealStatus | None = ...,
+        sealed_shares: _abc.Iterable[Global___SealedShare] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["seal", b"seal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["seal", b"seal", "shares", b"shares"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["seal", b"seal", "sealed_shares", b"sealed_shares", "shares", b"shares"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -473,22 +523,32 @@ class RekeyRootRequest(_message.Message):
     SHARE_FIELD_NUMBER: _builtins.int
     THRESHOLD_FIELD_NUMBER: _builtins.int
     SHARE_COUNT_FIELD_NUMBER: _builtins.int
+    CUSTODIAN_PUBLIC_KEYS_FIELD_NUMBER: _builtins.int
     share: _builtins.str
     """Required. One SLIP-39 mnemonic share of the current set."""
     threshold: _builtins.int
     """Required. k of the new share set; every call of one ceremony must agree."""
     share_count: _builtins.int
     """Required. n of the new share set; every call of one ceremony must agree."""
+    @_builtins.property
+    def custodian_public_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Required. One raw 32-byte X25519 public key per new share (exactly
+        share_count of them, all different): share i is sealed (HPKE) to key i
+        inside the vault, so no caller sees another custodian's share in clear.
+        Every call of one ceremony must give the same keys in the same order.
+        """
+
     def __init__(
         self,
         *,
         share: _builtins.str = ...,
         threshold: _builtins.int = ...,
         share_count: _builtins.int = ...,
+        custodian_public_keys: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["share", b"share", "share_count", b"share_count", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["custodian_public_keys", b"custodian_public_keys", "share", b"share", "share_count", b"share_count", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -503,22 +563,32 @@ class RotateRootRequest(_message.Message):
     SHARE_FIELD_NUMBER: _builtins.int
     THRESHOLD_FIELD_NUMBER: _builtins.int
     SHARE_COUNT_FIELD_NUMBER: _builtins.int
+    CUSTODIAN_PUBLIC_KEYS_FIELD_NUMBER: _builtins.int
     share: _builtins.str
     """Required. One SLIP-39 mnemonic share of the current set."""
     threshold: _builtins.int
     """Required. k of the new share set; every call of one ceremony must agree."""
     share_count: _builtins.int
     """Required. n of the new share set; every call of one ceremony must agree."""
+    @_builtins.property
+    def custodian_public_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Required. One raw 32-byte X25519 public key per new share (exactly
+        share_count of them, all different): share i is sealed (HPKE) to key i
+        inside the vault, so no caller sees another custodian's share in clear.
+        Every call of one ceremony must give the same keys in the same order.
+        """
+
     def __init__(
         self,
         *,
         share: _builtins.str = ...,
         threshold: _builtins.int = ...,
         share_count: _builtins.int = ...,
+        custodian_public_keys: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["share", b"share", "share_count", b"share_count", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["custodian_public_keys", b"custodian_public_keys", "share", b"share", "share_count", b"share_count", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -535,6 +605,7 @@ class RootCeremony(_message.Message):
     COMPLETE_FIELD_NUMBER: _builtins.int
     SHARES_FIELD_NUMBER: _builtins.int
     ROOT_KEY_ID_FIELD_NUMBER: _builtins.int
+    SEALED_SHARES_FIELD_NUMBER: _builtins.int
     progress: _builtins.int
     """Output only. Valid shares submitted so far."""
     threshold: _builtins.int
@@ -545,7 +616,15 @@ class RootCeremony(_message.Message):
     """Output only. The root key id after the ceremony."""
     @_builtins.property
     def shares(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Output only. The new shares, only in the completing reply."""
+        """Deprecated: never set. New shares are no longer returned in clear; see
+        sealed_shares.
+        """
+
+    @_builtins.property
+    def sealed_shares(self) -> _containers.RepeatedCompositeFieldContainer[Global___SealedShare]:
+        """Output only. The new shares, only in the completing reply, in the order
+        of custodian_public_keys, each sealed to its custodian.
+        """
 
     def __init__(
         self,
@@ -555,10 +634,11 @@ class RootCeremony(_message.Message):
         complete: _builtins.bool = ...,
         shares: _abc.Iterable[_builtins.str] | None = ...,
         root_key_id: _builtins.str = ...,
+        sealed_shares: _abc.Iterable[Global___SealedShare] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "progress", b"progress", "root_key_id", b"root_key_id", "shares", b"shares", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "progress", b"progress", "root_key_id", b"root_key_id", "sealed_shares", b"sealed_shares", "shares", b"shares", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -141,8 +141,8 @@ class KeyAdminServicer:
 
     def InitRoot(self, request, context):
         """Production mode: generates the root key and the keyring, splits the root
-        into SLIP-39 shares (k of n) and returns them once. The vault stays
-        sealed. Scope: `vault.keys.admin`.
+        into SLIP-39 shares (k of n) and returns them once, each sealed to its
+        custodian's public key. The vault stays sealed. Scope: `vault.keys.admin`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

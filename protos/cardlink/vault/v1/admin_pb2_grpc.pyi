@@ -4,9 +4,10 @@ isort:skip_file
 Key administration for the CardLink token vault: the security team's
 interface for key rotation, record rewrap, key retirement, the production
 unseal ceremony (split knowledge, dual control) and the tamper-evident
-audit log. Never returns key material or card data, with one exception:
-InitRoot and a completed RekeyRoot/RotateRoot return the custodian shares
-once, to be handed to the custodians.
+audit log. Never returns key material or card data. InitRoot and a
+completed RekeyRoot/RotateRoot return the new custodian shares once, each
+sealed to its custodian's X25519 public key (split knowledge: no caller
+can read another custodian's share).
 """
 
 from cardlink.vault.v1 import admin_pb2 as _admin_pb2
@@ -64,8 +65,8 @@ class KeyAdminStub:
     """
     InitRoot: _grpc.UnaryUnaryMultiCallable[_admin_pb2.InitRootRequest, _admin_pb2.InitRootResponse]
     """Production mode: generates the root key and the keyring, splits the root
-    into SLIP-39 shares (k of n) and returns them once. The vault stays
-    sealed. Scope: `vault.keys.admin`.
+    into SLIP-39 shares (k of n) and returns them once, each sealed to its
+    custodian's public key. The vault stays sealed. Scope: `vault.keys.admin`.
     """
     GetSealStatus: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetSealStatusRequest, _admin_pb2.SealStatus]
     """Returns whether this vault process is sealed and the unseal progress.
@@ -119,8 +120,8 @@ class KeyAdminAsyncStub(KeyAdminStub):
     """
     InitRoot: _aio.UnaryUnaryMultiCallable[_admin_pb2.InitRootRequest, _admin_pb2.InitRootResponse]  # type: ignore[assignment]
     """Production mode: generates the root key and the keyring, splits the root
-    into SLIP-39 shares (k of n) and returns them once. The vault stays
-    sealed. Scope: `vault.keys.admin`.
+    into SLIP-39 shares (k of n) and returns them once, each sealed to its
+    custodian's public key. The vault stays sealed. Scope: `vault.keys.admin`.
     """
     GetSealStatus: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetSealStatusRequest, _admin_pb2.SealStatus]  # type: ignore[assignment]
     """Returns whether this vault process is sealed and the unseal progress.
@@ -201,8 +202,8 @@ class KeyAdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.InitRootResponse, _abc.Awaitable[_admin_pb2.InitRootResponse]]:
         """Production mode: generates the root key and the keyring, splits the root
-        into SLIP-39 shares (k of n) and returns them once. The vault stays
-        sealed. Scope: `vault.keys.admin`.
+        into SLIP-39 shares (k of n) and returns them once, each sealed to its
+        custodian's public key. The vault stays sealed. Scope: `vault.keys.admin`.
         """
 
     @_abc_1.abstractmethod

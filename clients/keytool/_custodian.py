@@ -1,0 +1,124 @@
+"""Custodian keys and sealed shares, on the custodian's side.
+
+Each custodian has an X25519 key pair: ``NAME.key`` (PKCS#8 PEM, 0600, never
+leaves the custodian) and ``NAME.pub`` (the raw 32-byte public key, base64).
+The vault seals each new root-key share to one custodian's public key with
+HPKE (RFC 9180: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM,
+``info`` below), so whoever runs ``init`` or completes a ``rekey`` only ever
+holds ciphertexts. The tool opens a custodian's own share locally, with the
+private key, just before submitting it to ``Unseal``.
+
+A sealed share file is JSON: ``{"format": ..., "custodian_public_key":
+base64, "ciphertext": base64}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hpke, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+SHARE_INFO = b"cardlink.vault.v1 custodian share"
+SHARE_FORMAT = "cardlink.vault.v1.SealedShare"
+KEY_SIZE = 32
+_SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+
+
+class CustodianError(Exception):
+    """A custodian key or sealed share file that cannot be used (message says why)."""
+
+
+@dataclass(frozen=True)
+class SealedShareFile:
+    custodian_public_key: bytes
+    ciphertext: bytes
+
+
+def fingerprint(public_key: bytes) -> str:
+    """Short SHA-256 of a raw public key: what the audit log names custodians by."""
+    return hashlib.sha256(public_key).hexdigest()[:16]
+
+
+def _create(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def generate(name: Path) -> tuple[Path, Path, bytes]:
+    """Write ``NAME.key`` (0600) and ``NAME.pub``; (key path, pub path, raw public key)."""
+    key_path, pub_path = Path(f"{name}.key"), Path(f"{name}.pub")
+    for path in (key_path, pub_path):
+        if path.exists():
+            raise CustodianError(f"{path} exists; not overwriting a key")
+    private = X25519PrivateKey.generate()
+    public = private.public_key().public_bytes_raw()
+    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    _create(key_path, pem, 0o600)
+    _create(pub_path, base64.b64encode(public) + b"\n", 0o644)
+    return key_path, pub_path, public
+
+
+def read_public_key(path: Path) -> bytes:
+    """The raw 32-byte X25519 public key in a ``.pub`` file (base64)."""
+    try:
+        raw = base64.b64decode(path.read_text(encoding="utf-8").strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise CustodianError(f"{path} is not a custodian public key (base64 expected)") from None
+    if len(raw) != KEY_SIZE:
+        raise CustodianError(f"{path} is not a custodian public key (32 bytes expected, "
+                             f"got {len(raw)})")
+    return raw
+
+
+def read_private_key(path: Path) -> X25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError):
+        raise CustodianError(f"{path} is not a custodian private key (PEM)") from None
+    if not isinstance(key, X25519PrivateKey):
+        raise CustodianError(f"{path} is not an X25519 custodian private key")
+    return key
+
+
+def write_sealed_share(path: Path, share: SealedShareFile) -> None:
+    document = {"format": SHARE_FORMAT,
+                "custodian_public_key": base64.b64encode(share.custodian_public_key).decode(),
+                "ciphertext": base64.b64encode(share.ciphertext).decode()}
+    _create(path, (json.dumps(document, sort_keys=True) + "\n").encode(), 0o600)
+
+
+def parse_sealed_share(text: str) -> SealedShareFile | None:
+    """The sealed share in ``text``, or None if it is not a sealed share file."""
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(document, dict) or document.get("format") != SHARE_FORMAT:
+        return None
+    try:
+        return SealedShareFile(base64.b64decode(document["custodian_public_key"], validate=True),
+                               base64.b64decode(document["ciphertext"], validate=True))
+    except (KeyError, TypeError, binascii.Error, ValueError):
+        raise CustodianError("the sealed share file is damaged") from None
+
+
+def open_share(sealed: SealedShareFile, key: X25519PrivateKey) -> str:
+    """The mnemonic inside ``sealed``; CustodianError if ``key`` is not its custodian's."""
+    if key.public_key().public_bytes_raw() != sealed.custodian_public_key:
+        raise CustodianError("this share is sealed to another custodian's key "
+                             f"({fingerprint(sealed.custodian_public_key)}); use that key")
+    try:
+        return _SUITE.decrypt(sealed.ciphertext, key, info=SHARE_INFO).decode("utf-8")
+    except (InvalidTag, ValueError):  # UnicodeDecodeError too; say nothing about why
+        raise CustodianError("the sealed share did not open with this key (damaged or "
+                             "not sealed by this vault)") from None
