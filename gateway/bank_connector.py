@@ -8,7 +8,8 @@ leaves its record retryable and the next try reuses the key.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 
@@ -21,6 +22,8 @@ from gateway.ports import CodeResult, CreditDecision, Verification
 
 Metadata = tuple[tuple[str, str], ...]
 REASON = "BANK_UNAVAILABLE"
+
+R = TypeVar("R")
 
 
 def tenant_of(resource_name: str) -> str:
@@ -38,13 +41,17 @@ class GrpcBank:
         self._credentials = credentials
         self._policy = policy
 
+    async def _call(self, tenant: str, rpc: Callable[..., Awaitable[R]], request: Any) -> R:
+        """One bank call as the tenant's gateway identity, under the call policy."""
+        metadata = self._credentials(tenant)
+        return await call_with_policy(
+            "bank", REASON, self._policy,
+            lambda timeout: rpc(request, timeout=timeout, metadata=metadata),
+        )
+
     async def verify_holder(self, card_token: str, user: str, key: str) -> Verification:
         request = pb.VerifyHolderRequest(card_token=card_token, user=user, idempotency_key=key)
-        metadata = self._credentials(tenant_of(user))
-        reply = await call_with_policy(
-            "bank", REASON, self._policy,
-            lambda t: self._stub.VerifyHolder(request, timeout=t, metadata=metadata),
-        )
+        reply = await self._call(tenant_of(user), self._stub.VerifyHolder, request)
         if reply.outcome == pb.VerifyHolderResponse.OUTCOME_CODE_SENT:
             return Verification(True, reply.verification_id, "")
         if reply.outcome == pb.VerifyHolderResponse.OUTCOME_DECLINED:
@@ -56,11 +63,7 @@ class GrpcBank:
     ) -> CodeResult:
         request = pb.CheckCodeRequest(verification_id=verification_id, code=code,
                                       idempotency_key=key)
-        metadata = self._credentials(tenant)
-        reply = await call_with_policy(
-            "bank", REASON, self._policy,
-            lambda t: self._stub.CheckCode(request, timeout=t, metadata=metadata),
-        )
+        reply = await self._call(tenant, self._stub.CheckCode, request)
         results = {
             pb.CheckCodeResponse.RESULT_MATCH: CodeResult.MATCH,
             pb.CheckCodeResponse.RESULT_MISMATCH: CodeResult.MISMATCH,
@@ -72,11 +75,7 @@ class GrpcBank:
 
     async def decide_credit(self, card_token: str, user: str, key: str) -> CreditDecision:
         request = pb.DecideCreditRequest(card_token=card_token, user=user, idempotency_key=key)
-        metadata = self._credentials(tenant_of(user))
-        reply = await call_with_policy(
-            "bank", REASON, self._policy,
-            lambda t: self._stub.DecideCredit(request, timeout=t, metadata=metadata),
-        )
+        reply = await self._call(tenant_of(user), self._stub.DecideCredit, request)
         if reply.outcome == pb.DecideCreditResponse.OUTCOME_APPROVED:
             limit = Money.parse(reply.limit.currency_code, reply.limit.units_minor, "limit")
             return CreditDecision(True, reply.account_id, limit, reply.tier, "")
