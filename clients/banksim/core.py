@@ -12,8 +12,9 @@ import asyncio
 import hmac
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -30,6 +31,7 @@ from common.errors import Unavailable, invalid_field
 
 logger = logging.getLogger("cardlink.banksim")
 Context = Any
+R = TypeVar("R")
 
 
 @dataclass
@@ -87,6 +89,24 @@ class BankCoreServicer(bank_core_pb2_grpc.BankCoreServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "simulated bank outage")
         return mode
 
+    async def _switched_once(
+        self, kind: int, name: str, idempotency_key: str, context: Context,
+        work: Callable[[int], Awaitable[R]],
+        hold_also: Callable[[R], Awaitable[bool]] | None = None,
+    ) -> R:
+        """One bank call: check its key, apply its kind's switch, do ``work(mode)``
+        once per key (a repeat gets the first answer), and on a first call hold
+        the answer past the caller's deadline when switched to time out (or when
+        ``hold_also`` says so), as a slow bank that did the work would."""
+        key = self._check_key(idempotency_key)
+        mode = await self._mode(kind, context)
+        replay = self._once.seen(name, key)
+        reply: R = await self._once.run(name, key, lambda: work(mode))
+        if not replay and (mode == sim.MODE_TIMEOUT
+                           or (hold_also is not None and await hold_also(reply))):
+            await self._hold(context)
+        return reply
+
     async def _hold(self, context: Context) -> None:
         """Answer only after the caller has given up (the work is already done)."""
         remaining = context.time_remaining()
@@ -113,16 +133,14 @@ class BankCoreServicer(bank_core_pb2_grpc.BankCoreServicer):
 
     async def VerifyHolder(self, request: pb.VerifyHolderRequest,
                            context: Context) -> pb.VerifyHolderResponse:
-        key = self._check_key(request.idempotency_key)
-        mode = await self._mode(sim.CALL_KIND_VERIFY_HOLDER, context)
-        replay = self._once.seen("verify", key)
-        reply: pb.VerifyHolderResponse = await self._once.run(
-            "verify", key, lambda: self._verify(request, mode)
+        async def slow_holder(reply: pb.VerifyHolderResponse) -> bool:
+            holder = await self._holder_of(reply)
+            return holder is not None and holder.verify == "slow"
+
+        return await self._switched_once(
+            sim.CALL_KIND_VERIFY_HOLDER, "verify", request.idempotency_key, context,
+            lambda mode: self._verify(request, mode), hold_also=slow_holder,
         )
-        holder = await self._holder_of(reply)
-        if not replay and (mode == sim.MODE_TIMEOUT or (holder and holder.verify == "slow")):
-            await self._hold(context)
-        return reply
 
     async def _holder_of(self, reply: pb.VerifyHolderResponse) -> Cardholder | None:
         code = self._books.codes.get(reply.verification_id)
@@ -161,15 +179,10 @@ class BankCoreServicer(bank_core_pb2_grpc.BankCoreServicer):
 
     async def CheckCode(self, request: pb.CheckCodeRequest,
                         context: Context) -> pb.CheckCodeResponse:
-        key = self._check_key(request.idempotency_key)
-        mode = await self._mode(sim.CALL_KIND_CHECK_CODE, context)
-        replay = self._once.seen("code", key)
-        reply: pb.CheckCodeResponse = await self._once.run(
-            "code", key, lambda: self._check(request, mode)
+        return await self._switched_once(
+            sim.CALL_KIND_CHECK_CODE, "code", request.idempotency_key, context,
+            lambda mode: self._check(request, mode),
         )
-        if mode == sim.MODE_TIMEOUT and not replay:
-            await self._hold(context)
-        return reply
 
     async def _check(self, request: pb.CheckCodeRequest, mode: int) -> pb.CheckCodeResponse:
         self._books.stats.code_checks += 1
@@ -186,15 +199,10 @@ class BankCoreServicer(bank_core_pb2_grpc.BankCoreServicer):
 
     async def DecideCredit(self, request: pb.DecideCreditRequest,
                            context: Context) -> pb.DecideCreditResponse:
-        key = self._check_key(request.idempotency_key)
-        mode = await self._mode(sim.CALL_KIND_DECIDE_CREDIT, context)
-        replay = self._once.seen("credit", key)
-        reply: pb.DecideCreditResponse = await self._once.run(
-            "credit", key, lambda: self._decide(request, mode)
+        return await self._switched_once(
+            sim.CALL_KIND_DECIDE_CREDIT, "credit", request.idempotency_key, context,
+            lambda mode: self._decide(request, mode),
         )
-        if mode == sim.MODE_TIMEOUT and not replay:
-            await self._hold(context)
-        return reply
 
     async def _decide(self, request: pb.DecideCreditRequest,
                       mode: int) -> pb.DecideCreditResponse:
