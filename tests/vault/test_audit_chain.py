@@ -4,17 +4,20 @@ reordered entry in Redis is reported at that entry."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cardlink.vault.v1 import admin_pb2, vault_pb2
 from tests.support.cards import card, numbered_card
 from tests.support.vault import VaultHandle
-from vault.audit import audit_head_key, audit_key
+from vault.audit import FIELDS, audit_head_key, audit_key, chain_payload
 
 ENTRIES = 12
 AT = 5
@@ -188,3 +191,12 @@ async def test_refused_calls_and_key_operations_are_audited_without_pans(
     later = [r async for r in vault.admin.ExportAudit(admin_pb2.ExportAuditRequest(start_seq=5),
                                                        metadata=vault.security())]
     assert [int(r.fields["seq"]) for r in later] == list(range(5, len(records) + 1))
+
+
+@given(st.lists(st.text(), min_size=len(FIELDS), max_size=len(FIELDS)),
+       st.integers(min_value=1, max_value=2**53))
+def test_chain_payload_is_the_compact_ascii_json_array_the_chain_has_always_used(
+        values: list[str], seq: int) -> None:
+    """The MAC input must never drift: logs written earlier must keep verifying."""
+    expected = json.dumps([str(seq), *values], ensure_ascii=True, separators=(",", ":"))
+    assert chain_payload(values, seq) == expected.encode("ascii")
