@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from cardlink.vault.v1 import admin_pb2, vault_pb2
 from tests.support.cards import card, numbered_card
 from tests.support.vault import VaultHandle
-from vault.audit import FIELDS, audit_head_key, audit_key, chain_payload
+from vault.audit import FIELDS, AuditEntry, audit_head_key, audit_key, chain_payload
 
 ENTRIES = 12
 AT = 5
@@ -200,3 +200,14 @@ def test_chain_payload_is_the_compact_ascii_json_array_the_chain_has_always_used
     """The MAC input must never drift: logs written earlier must keep verifying."""
     expected = json.dumps([str(seq), *values], ensure_ascii=True, separators=(",", ":"))
     assert chain_payload(values, seq) == expected.encode("ascii")
+
+
+def test_an_entry_stores_each_value_under_its_own_field_name() -> None:
+    """``values()`` is positional: it must line up with FIELDS, the order the
+    append script names the stream fields and the MAC covers them in."""
+    entry = AuditEntry(action="detokenize", caller="cardlink-bank", tenant="acme",
+                       token="ctk_x", result="OK", time=1.5, reason="dispute",
+                       request_id="r-1")
+    assert dict(zip(FIELDS, entry.values(), strict=True)) == {
+        "action": "detokenize", "caller": "cardlink-bank", "tenant": "acme", "token": "ctk_x",
+        "result": "OK", "time": "1.5", "reason": "dispute", "request_id": "r-1"}
