@@ -91,3 +91,79 @@ async def test_a_silent_server_times_out_instead_of_hanging() -> None:
     finally:
         await client.aclose()
         server.close()
+
+
+class _CountingTransport:
+    """Stands in for the shared connection's transport, counting writes."""
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self.writes: list[int] = []  # commands per write
+
+    def writelines(self, data: list[bytes]) -> None:
+        self.writes.append(len(data))
+        self._transport.writelines(data)
+
+    def abort(self) -> None:
+        self._transport.abort()
+
+
+async def _counted(client: Any) -> _CountingTransport:
+    await client.ping()  # opens the shared connection
+    connection = client._multiplexer._connection
+    counting = _CountingTransport(connection._transport)
+    connection._transport = counting
+    return counting
+
+
+def _with_option(url: str, option: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{option}"
+
+
+async def test_a_lone_caller_never_waits_for_the_batch_window(redis_url: str,
+                                                              key_prefix: str) -> None:
+    """A caller that awaits each reply before its next command never fills a
+    write with two commands, so the window never starts: with an hour-long
+    window, 200 sequential commands still finish at once."""
+    client: Any = connect(redis_url)
+    client._multiplexer._batch_window = 3600.0
+    try:
+        writes = await _counted(client)
+        async with asyncio.timeout(30):  # a single wait would take an hour
+            for n in range(200):
+                await client.set(f"{key_prefix}:lone", n)
+        assert writes.writes == [1] * 200
+    finally:
+        await client.aclose()
+
+
+async def test_under_concurrency_commands_from_several_loop_turns_share_one_write(
+        redis_url: str, key_prefix: str) -> None:
+    """Once a write has carried several commands, commands issued over the
+    following loop turns wait for the window and go out together."""
+    client: Any = connect(_with_option(redis_url, "batch_window=0.05"))
+    try:
+        writes = await _counted(client)
+        await asyncio.gather(client.incr(f"{key_prefix}:n"), client.incr(f"{key_prefix}:n"))
+
+        async def after_turns(turns: int) -> Any:
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            return await client.incr(f"{key_prefix}:n")
+
+        replies = await asyncio.gather(*(after_turns(turns) for turns in range(10)))
+        assert sorted(replies) == list(range(3, 13))
+        assert writes.writes == [2, 10]
+    finally:
+        await client.aclose()
+
+
+async def test_batch_window_is_a_url_option(redis_url: str) -> None:
+    client: Any = connect(_with_option(redis_url, "batch_window=0"))
+    try:
+        assert client._multiplexer._batch_window == 0
+        assert await client.ping()
+    finally:
+        await client.aclose()
+    with pytest.raises(ValueError, match="batch_window"):
+        connect(_with_option(redis_url, "batch_window=5"))
