@@ -137,6 +137,10 @@ class _SharedConnection(asyncio.Protocol):
         else:
             loop.call_soon(self._flush)
 
+    def uncork(self) -> None:
+        """Let the next write go at once (as if the last one carried one command)."""
+        self._corked = False
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         outgoing, self._outgoing = self._outgoing, []
@@ -157,8 +161,8 @@ class _SharedConnection(asyncio.Protocol):
         # No reply at all for a whole period while commands wait: Redis is
         # hung or the network is; give up on this connection.
         self._watchdog = None
-        if not self._waiting:
-            return
+        if not self._unanswered:
+            return  # those waiting are not written yet (batch window): _flush re-arms
         if self._waiting[0] is oldest:
             self.abort(RedisTimeoutError("Redis did not answer in time"))
         else:
@@ -257,6 +261,7 @@ class _Multiplexer:
         except BaseException:
             connection.abort(RedisConnectionError("the Redis handshake failed"))
             raise
+        connection.uncork()  # the handshake's commands share a write, but no callers wait
         return connection
 
     def _handshake(self) -> list[tuple[Any, ...]]:

@@ -24,7 +24,7 @@ from typing import Any, cast
 import grpc
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -119,7 +119,11 @@ async def start_server(
         service.register(_guarded_servicer(service, guards), generic)
     health_servicer = await _add_health(generic, [s.name for s in services])
     names = [s.name for s in services] + [health.SERVICE_NAME, reflection.SERVICE_NAME]
-    reflection.enable_server_reflection(names, generic)
+    # The aio servicer, chosen by hand: enable_server_reflection() would see
+    # that ``generic`` is no grpc.aio.Server and pick the sync one, which
+    # grpc.aio runs on executor threads, one held per open stream.
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(names), generic)  # type: ignore[attr-defined]
     port = _bind(server, address, credentials)
     await server.start()
     logger.info("serving %s on port %d", ", ".join(s.name for s in services), port)

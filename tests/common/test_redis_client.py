@@ -124,8 +124,9 @@ async def test_a_lone_caller_never_waits_for_the_batch_window(redis_url: str,
                                                               key_prefix: str) -> None:
     """A caller that awaits each reply before its next command never fills a
     write with two commands, so the window never starts: with an hour-long
-    window, 200 sequential commands still finish at once."""
-    client: Any = connect(redis_url)
+    window, 200 sequential commands still finish at once. The connection's
+    own handshake (several commands in one write) does not count."""
+    client: Any = connect(_with_option(redis_url, "client_name=cardlink-lone-caller"))
     client._multiplexer._batch_window = 3600.0
     try:
         writes = await _counted(client)
@@ -154,6 +155,14 @@ async def test_under_concurrency_commands_from_several_loop_turns_share_one_writ
         replies = await asyncio.gather(*(after_turns(turns) for turns in range(10)))
         assert sorted(replies) == list(range(3, 13))
         assert writes.writes == [2, 10]
+        # A window that gathers one command ends the waiting: with the window
+        # now an hour, lone commands still go at once.
+        await client.incr(f"{key_prefix}:n")
+        client._multiplexer._connection._batch_window = 3600.0
+        async with asyncio.timeout(30):
+            for _ in range(5):
+                await client.incr(f"{key_prefix}:n")
+        assert writes.writes == [2, 10, 1, 1, 1, 1, 1, 1]
     finally:
         await client.aclose()
 
@@ -163,7 +172,22 @@ async def test_batch_window_is_a_url_option(redis_url: str) -> None:
     try:
         assert client._multiplexer._batch_window == 0
         assert await client.ping()
+        async with client.pipeline() as pipe:  # pooled connections never see the option
+            pipe.ping()
+            assert await pipe.execute() == [True]
     finally:
         await client.aclose()
     with pytest.raises(ValueError, match="batch_window"):
         connect(_with_option(redis_url, "batch_window=5"))
+
+
+async def test_commands_held_for_the_window_do_not_count_as_unanswered(redis_url: str) -> None:
+    """With a reply timeout shorter than the window, a command still waiting
+    for its write is not mistaken for one Redis failed to answer."""
+    client: Any = connect(_with_option(redis_url, "socket_timeout=0.03&batch_window=0.1"))
+    try:
+        await asyncio.gather(client.ping(), client.ping())  # a write of two: the window starts
+        assert await client.ping()
+        assert await client.ping()
+    finally:
+        await client.aclose()

@@ -165,6 +165,22 @@ async def test_reflection_describes_the_vault_contract(running: RunningServer) -
     assert replies[0].file_descriptor_response.file_descriptor_proto
 
 
+async def test_reflection_streams_held_open_are_all_served(running: RunningServer) -> None:
+    """Tools such as grpcui keep a reflection stream open. More open streams
+    than any default thread pool has workers (32 at most) are all answered:
+    reflection runs on the event loop, not one executor thread per stream."""
+    async with _channel(running) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        calls = [stub.ServerReflectionInfo() for _ in range(40)]
+        for call in calls:
+            await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        async with asyncio.timeout(20):  # a stream starved of a thread never answers
+            replies = await asyncio.gather(*(call.read() for call in calls))
+        assert all(VAULT in {s.name for s in r.list_services_response.service} for r in replies)
+        for call in calls:
+            call.cancel()
+
+
 async def test_bind_failure_raises() -> None:
     with pytest.raises(RuntimeError):
         await start_server(SERVICES, "256.256.256.256:1")
