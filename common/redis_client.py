@@ -291,6 +291,9 @@ class MultiplexedRedis(aioredis.Redis):
 
     def __init__(self, *, connection_pool: aioredis.ConnectionPool, batch_window: float) -> None:
         super().__init__(connection_pool=connection_pool)
+        # The pool is this client's own (made by connect()): closing the
+        # client disconnects its pooled connections too.
+        self.auto_close_connection_pool = True
         self._multiplexer = _Multiplexer(dict(connection_pool.connection_kwargs), batch_window)
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
@@ -329,7 +332,7 @@ def connect(url: str, **options: Any) -> aioredis.Redis:
     elif pool.connection_class is Connection:
         pool.connection_class = _TcpConnection
     else:  # TLS: redis-py's own connections, pooled
-        return aioredis.Redis(connection_pool=pool)
+        return aioredis.Redis.from_pool(pool)
     return MultiplexedRedis(connection_pool=pool, batch_window=batch_window)
 
 

@@ -4,6 +4,7 @@ to a real Redis exactly like redis-py's own, and fails loudly, never silently.""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import pytest
@@ -191,3 +192,26 @@ async def test_commands_held_for_the_window_do_not_count_as_unanswered(redis_url
         assert await client.ping()
     finally:
         await client.aclose()
+
+
+async def test_closing_the_client_closes_every_connection(redis_url: str) -> None:
+    name = f"cardlink-close-{uuid.uuid4().hex[:8]}"
+    client: Any = connect(_with_option(redis_url, f"client_name={name}"))
+    admin: Any = connect(redis_url)
+    try:
+        await client.ping()  # the shared connection
+        async with client.pipeline() as pipe:  # and a pooled one
+            pipe.ping()
+            await pipe.execute()
+        async def named() -> int:
+            return len([c for c in await admin.client_list() if c["name"] == name])
+
+        assert await named() == 2
+        await client.aclose()
+        for _ in range(200):  # Redis sees the closes asynchronously to admin's command
+            if not await named():
+                break
+            await asyncio.sleep(0.01)
+        assert await named() == 0
+    finally:
+        await admin.aclose()
