@@ -11,24 +11,28 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from cardlink.vault.v1 import vault_pb2, vault_pb2_grpc
 from common.auth import current_principal
 from vault.access import require_parent_tenant, require_token_tenant
-from vault.pan import CardDisplay, CardSecret
+from vault.pan import CardBrand, CardDisplay, CardSecret
 from vault.service import Actor, TokenRecord, VaultService, check_request_id
 from vault.tokens import parse_parent, parse_token_name
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+# Built per call on every token response: plain constructor arguments and a
+# precomputed enum map cost a third of FromNanoseconds() and CardBrand.Value().
+_BRANDS = {brand: vault_pb2.CardBrand.Value(f"CARD_BRAND_{brand.value}") for brand in CardBrand}
+
+
 def _timestamp(seconds: float) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
+    whole, nanos = divmod(int(seconds * 1e9), 1_000_000_000)  # as Timestamp.FromNanoseconds
+    return Timestamp(seconds=whole, nanos=nanos)
 
 
 def _display(display: CardDisplay) -> vault_pb2.CardDisplay:
     return vault_pb2.CardDisplay(
         bin=display.bin,
         last_four=display.last_four,
-        brand=vault_pb2.CardBrand.Value(f"CARD_BRAND_{display.brand.value}"),
+        brand=_BRANDS[display.brand],
         expiry_month=display.expiry_month,
         expiry_year=display.expiry_year,
         masked_holder_name=display.masked_holder_name,
