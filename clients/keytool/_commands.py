@@ -21,13 +21,30 @@ from clients.keytool._output import Output, as_dict
 from common.auth import generate_signing_key, public_jwk, save_private_key_pem
 
 KIND_NAMES = {1: "kek", 2: "fp", 3: "seal", 4: "sign"}
+# For scripted ceremonies; a person at a terminal is asked instead.
+PASSPHRASE_ENV = "CARDLINK_CUSTODIAN_PASSPHRASE"  # noqa: S105 (a variable name)
 
 
 class UsageError(Exception):
     """Bad or missing arguments the parser cannot catch."""
 
 
-def read_share(path: Path | None, custodian_key: Path | None = None) -> str:
+def passphrase(*, new: bool = False) -> str:
+    """The custodian key's passphrase: from CARDLINK_CUSTODIAN_PASSPHRASE, else typed
+    at the terminal without echo (twice for a ``new`` one)."""
+    given = os.environ.get(PASSPHRASE_ENV)
+    if given:
+        return given
+    if not sys.stdin.isatty():
+        raise UsageError(f"the custodian key needs its passphrase: run at a terminal or set "
+                         f"{PASSPHRASE_ENV}")
+    typed = getpass.getpass("custodian key passphrase (not echoed): ")
+    if new and getpass.getpass("again: ") != typed:
+        raise UsageError("the two passphrases differ")
+    return typed
+
+
+def read_share(path: Path | None, custodian_key: Path | None, out: Output) -> str:
     """Your share: a sealed share file opened locally with your custodian key, a
     clear mnemonic file, or words typed at a prompt without echo."""
     if path is None:
@@ -44,7 +61,12 @@ def read_share(path: Path | None, custodian_key: Path | None = None) -> str:
             return text.strip()
         if sealed is None:
             raise UsageError(f"{path} is not a sealed share file")
-        return _custodian.open_share(sealed, _custodian.read_private_key(custodian_key))
+        key_file = _custodian.read_private_key(custodian_key, passphrase)
+        if not key_file.encrypted:
+            out.warning(f"{custodian_key} has no passphrase: whoever copies it can open your "
+                        "shares. Make a new key pair with keygen-custodian and have the "
+                        "shares rekeyed to it.")
+        return _custodian.open_share(sealed, key_file.key)
     except _custodian.CustodianError as error:
         raise UsageError(f"{path}: {error}") from None
 
@@ -188,7 +210,7 @@ async def init(stub: admin_pb2_grpc.KeyAdminAsyncStub, args: argparse.Namespace,
 
 async def unseal(stub: admin_pb2_grpc.KeyAdminAsyncStub, args: argparse.Namespace,
                  out: Output) -> int:
-    share = read_share(args.share_file, args.custodian_key)
+    share = read_share(args.share_file, args.custodian_key, out)
     reply = await stub.Unseal(admin_pb2.UnsealRequest(share=share), timeout=args.timeout)
     text = ("unsealed" if not reply.sealed else
             f"share accepted: {reply.progress} of {reply.threshold}; still sealed")
@@ -203,7 +225,7 @@ async def rekey(stub: admin_pb2_grpc.KeyAdminAsyncStub, args: argparse.Namespace
     what = "replace the root key and every share" if args.rotate_root else "replace every share"
     if not confirm(args, what, out):
         return _exit.NOT_CONFIRMED
-    share = read_share(args.share_file, args.custodian_key)
+    share = read_share(args.share_file, args.custodian_key, out)
     if args.rotate_root:
         reply = await stub.RotateRoot(admin_pb2.RotateRootRequest(
             share=share, threshold=args.threshold, share_count=args.shares,
@@ -228,7 +250,8 @@ async def rekey(stub: admin_pb2_grpc.KeyAdminAsyncStub, args: argparse.Namespace
 def keygen_custodian(args: argparse.Namespace, out: Output) -> int:
     """A custodian's X25519 key pair: NAME.key stays with them, NAME.pub goes to init/rekey."""
     try:
-        key_file, pub_file, public = _custodian.generate(args.out)
+        key_file, pub_file, public = _custodian.generate(args.out,
+                                                         lambda: passphrase(new=True))
     except _custodian.CustodianError as error:
         raise UsageError(str(error)) from None
     encoded = base64.b64encode(public).decode()

@@ -1,7 +1,9 @@
 """Custodian keys and sealed shares, on the custodian's side.
 
-Each custodian has an X25519 key pair: ``NAME.key`` (PKCS#8 PEM, 0600, never
-leaves the custodian) and ``NAME.pub`` (the raw 32-byte public key, base64).
+Each custodian has an X25519 key pair: ``NAME.key`` (PKCS#8 PEM encrypted
+under the custodian's passphrase, 0600, never leaves the custodian) and
+``NAME.pub`` (the raw 32-byte public key, base64). A stolen key file alone
+opens nothing. Key files made before passphrases (unencrypted) still load.
 The vault seals each new root-key share to one custodian's public key with
 HPKE (RFC 9180: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM,
 ``info`` below), so whoever runs ``init`` or completes a ``rekey`` only ever
@@ -19,6 +21,7 @@ import binascii
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 SHARE_INFO = b"cardlink.vault.v1 custodian share"
 SHARE_FORMAT = "cardlink.vault.v1.SealedShare"
 KEY_SIZE = 32
+MIN_PASSPHRASE_CHARS = 12
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 
 
@@ -53,16 +57,26 @@ def _create(path: Path, data: bytes, mode: int) -> None:
         handle.write(data)
 
 
-def generate(name: Path) -> tuple[Path, Path, bytes]:
-    """Write ``NAME.key`` (0600) and ``NAME.pub``; (key path, pub path, raw public key)."""
+def check_passphrase(passphrase: str) -> str:
+    if len(passphrase) < MIN_PASSPHRASE_CHARS:
+        raise CustodianError(f"a custodian passphrase needs at least {MIN_PASSPHRASE_CHARS} "
+                             "characters")
+    return passphrase
+
+
+def generate(name: Path, passphrase: Callable[[], str]) -> tuple[Path, Path, bytes]:
+    """Write ``NAME.key`` (0600, encrypted under the passphrase, asked for once
+    the names are known to be free) and ``NAME.pub``; (key path, pub path, raw
+    public key)."""
     key_path, pub_path = Path(f"{name}.key"), Path(f"{name}.pub")
     for path in (key_path, pub_path):
         if path.exists():
             raise CustodianError(f"{path} exists; not overwriting a key")
+    secret = check_passphrase(passphrase())
     private = X25519PrivateKey.generate()
     public = private.public_key().public_bytes_raw()
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+                                serialization.BestAvailableEncryption(secret.encode()))
     _create(key_path, pem, 0o600)
     _create(pub_path, base64.b64encode(public) + b"\n", 0o644)
     return key_path, pub_path, public
@@ -80,14 +94,26 @@ def read_public_key(path: Path) -> bytes:
     return raw
 
 
-def read_private_key(path: Path) -> X25519PrivateKey:
+@dataclass(frozen=True)
+class PrivateKeyFile:
+    key: X25519PrivateKey
+    encrypted: bool  # False: a key file from before passphrases
+
+
+def read_private_key(path: Path, passphrase: Callable[[], str]) -> PrivateKeyFile:
+    """The key in ``path``; ``passphrase`` is asked for only if the file is encrypted."""
+    data = path.read_bytes()
+    encrypted = b"ENCRYPTED PRIVATE KEY" in data
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(
+            data, password=passphrase().encode() if encrypted else None)
     except (ValueError, TypeError):
+        if encrypted:
+            raise CustodianError(f"{path}: wrong passphrase, or the key file is damaged") from None
         raise CustodianError(f"{path} is not a custodian private key (PEM)") from None
     if not isinstance(key, X25519PrivateKey):
         raise CustodianError(f"{path} is not an X25519 custodian private key")
-    return key
+    return PrivateKeyFile(key, encrypted)
 
 
 def write_sealed_share(path: Path, share: SealedShareFile) -> None:

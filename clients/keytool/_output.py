@@ -33,6 +33,12 @@ class Output:
         if not self.json_mode:
             print(text, file=self._out)
 
+    def warning(self, text: str) -> None:
+        if self.json_mode:
+            print(json.dumps({"warning": text}, sort_keys=True), file=self._err)
+        else:
+            print(f"warning: {text}", file=self._err)
+
     def error(self, text: str, **fields: Any) -> None:
         if self.json_mode:
             print(json.dumps({"error": text, **fields}, sort_keys=True), file=self._err)

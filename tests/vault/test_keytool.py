@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from clients.keytool import main
 from common.clock import ManualClock
@@ -98,10 +99,25 @@ async def test_credentials_and_reachability(vault: VaultHandle,
     assert await asyncio.to_thread(main, ["--address", vault.address, "status"]) == 2
 
 
+PASSPHRASE = "correct horse battery staple"
+
+
+def _write_unencrypted_key(name: Path) -> None:
+    """A custodian key pair as the tool wrote them before passphrases."""
+    key = X25519PrivateKey.generate()
+    name.with_suffix(".key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    name.with_suffix(".pub").write_text(
+        base64.b64encode(key.public_key().public_bytes_raw()).decode() + "\n")
+
+
 async def test_production_ceremony_with_the_tool(redis_url: str, key_prefix: str,
                                                  tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+                                                 capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("CARDLINK_CUSTODIAN_PASSPHRASE", PASSPHRASE)
     clock = ManualClock(start=1_800_000_000.0)
     identities = Identities.create(tmp_path, clock)
     async with running_vault(redis_url, key_prefix, tmp_path, mode=VaultMode.PRODUCTION,
@@ -111,14 +127,22 @@ async def test_production_ceremony_with_the_tool(redis_url: str, key_prefix: str
         custody = tmp_path / "custodians"
         custody.mkdir()
         names = ["alice", "bob", "carol"]
-        for name in names:
+        for name in names[:2]:
             assert await keytool(vault, "--json", "keygen-custodian",
                                  "--out", str(custody / name)) == 0
             made = last_json(capsys.readouterr().out)
-            assert (custody / f"{name}.key").stat().st_mode & 0o077 == 0
+            key_file = custody / f"{name}.key"
+            assert key_file.stat().st_mode & 0o077 == 0
+            assert b"ENCRYPTED PRIVATE KEY" in key_file.read_bytes()  # the passphrase's
             assert made["public_key"] == (custody / f"{name}.pub").read_text().strip()
+        _write_unencrypted_key(custody / "carol")  # made by an older tool
         assert await keytool(vault, "keygen-custodian", "--out", str(custody / "bob")) == 2
         assert "exists" in capsys.readouterr().err
+        monkeypatch.setenv("CARDLINK_CUSTODIAN_PASSPHRASE", "too short")
+        assert await keytool(vault, "keygen-custodian", "--out", str(custody / "dave")) == 2
+        assert "at least 12" in capsys.readouterr().err
+        assert not list(custody.glob("dave*"))
+        monkeypatch.setenv("CARDLINK_CUSTODIAN_PASSPHRASE", PASSPHRASE)
         pubs = [arg for n in names for arg in ("--custodian", str(custody / f"{n}.pub"))]
 
         shares = tmp_path / "shares"
@@ -137,13 +161,22 @@ async def test_production_ceremony_with_the_tool(redis_url: str, key_prefix: str
         assert await keytool(vault, "unseal", "--share-file", str(files["alice.share"]),
                              "--custodian-key", str(custody / "bob.key")) == 2
         assert "another custodian" in capsys.readouterr().err
+        # A stolen key file alone opens nothing: the passphrase is needed too.
+        monkeypatch.setenv("CARDLINK_CUSTODIAN_PASSPHRASE", "not alice's passphrase")
+        assert await keytool(vault, "unseal", "--share-file", str(files["alice.share"]),
+                             "--custodian-key", str(custody / "alice.key")) == 2
+        assert "wrong passphrase" in capsys.readouterr().err
+        monkeypatch.setenv("CARDLINK_CUSTODIAN_PASSPHRASE", PASSPHRASE)
         assert await keytool(vault, "unseal", "--share-file", str(files["alice.share"]),
                              "--custodian-key", str(custody / "alice.key")) == 4
-        assert "1 of 2" in capsys.readouterr().out
+        assert "1 of 2" in capsys.readouterr().out  # the refused attempt counted nothing
+        # An older key without a passphrase still opens its share, with a warning.
         assert await keytool(vault, "--json", "unseal", "--share-file",
                              str(files["carol.share"]), "--custodian-key",
                              str(custody / "carol.key")) == 0
-        assert last_json(capsys.readouterr().out)["sealed"] is False
+        unsealed = capsys.readouterr()
+        assert last_json(unsealed.out)["sealed"] is False
+        assert "no passphrase" in last_json(unsealed.err)["warning"]  # type: ignore[operator]
         assert await keytool(vault, "status") == 0
         # Rekey: each custodian confirms and submits a share; the last gets the new set,
         # sealed to the new custodians' keys.
@@ -165,7 +198,8 @@ async def test_production_ceremony_with_the_tool(redis_url: str, key_prefix: str
         assert await keytool(vault, "unseal", "--share-file", str(new / "bob.share"),
                              "--custodian-key", str(custody / "bob.key")) == 4
         sealed = json.loads((new / "alice.share").read_text())
-        key = serialization.load_pem_private_key((custody / "alice.key").read_bytes(), None)
+        key = serialization.load_pem_private_key((custody / "alice.key").read_bytes(),
+                                                 PASSPHRASE.encode())
         mnemonic = open_custodian_share(key.private_bytes_raw(),  # type: ignore[union-attr]
                                         base64.b64decode(sealed["ciphertext"])).decode()
         clear = tmp_path / "alice-clear.txt"
@@ -175,3 +209,4 @@ async def test_production_ceremony_with_the_tool(redis_url: str, key_prefix: str
         logs = caplog.text + "\n".join(r.getMessage() for r in caplog.records)
         for text in (init_out, captured.out, captured.err, logs):
             assert " ".join(mnemonic.split()[:6]) not in text
+            assert PASSPHRASE not in text
