@@ -18,9 +18,9 @@ bench machine:
   per TokenizeCard), measured back to back under `make bench`'s load.
 - Batch window: under concurrency, a write waits up to 2 ms for more
   commands; a caller alone, awaiting each reply, never waits. Under
-  `make bench`'s load this cut
-  the whole machine's CPU per DetokenizeToken from about 820 to 510 µs
-  (Redis's own share from 60 to 22 µs), and per GetToken from 500 to 340.
+  `make bench`'s load this cut the whole machine's CPU per DetokenizeToken
+  from about 820 to 510 µs (Redis's own share from 60 to 22 µs), and per
+  GetToken from 500 to 340.
 
 Pipelines and transactions (MULTI/EXEC, WATCH) still take a pooled
 connection. ``rediss://`` (TLS) URLs are served by the pool alone.
