@@ -57,7 +57,7 @@ def _create(path: Path, data: bytes, mode: int) -> None:
         handle.write(data)
 
 
-def check_passphrase(passphrase: str) -> str:
+def _check_passphrase(passphrase: str) -> str:
     if len(passphrase) < MIN_PASSPHRASE_CHARS:
         raise CustodianError(f"a custodian passphrase needs at least {MIN_PASSPHRASE_CHARS} "
                              "characters")
@@ -72,7 +72,7 @@ def generate(name: Path, passphrase: Callable[[], str]) -> tuple[Path, Path, byt
     for path in (key_path, pub_path):
         if path.exists():
             raise CustodianError(f"{path} exists; not overwriting a key")
-    secret = check_passphrase(passphrase())
+    secret = _check_passphrase(passphrase())
     private = X25519PrivateKey.generate()
     public = private.public_key().public_bytes_raw()
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
