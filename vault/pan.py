@@ -76,22 +76,26 @@ _IIN_RANGES: tuple[tuple[int, int, CardBrand], ...] = (
     (81, 81, CardBrand.UNIONPAY),
     (4, 4, CardBrand.VISA),
 )
-# Per prefix length, longest first: the range bounds and brands of that width,
-# so a lookup converts each leading-digit prefix to an int once.
-_IIN_BY_WIDTH: tuple[tuple[int, tuple[tuple[int, int, CardBrand], ...]], ...] = tuple(
-    (width, tuple(row for row in _IIN_RANGES if len(str(row[0])) == width))
-    for width in sorted({len(str(low)) for low, _, _ in _IIN_RANGES}, reverse=True)
-)
+# Every prefix each range covers, by its digits ("2221" ... "2720"): a
+# lookup is one dict probe per prefix length, longest first, so a narrow
+# range wins over a broad one. About 1,400 entries.
+_BRAND_BY_PREFIX: dict[str, CardBrand] = {
+    str(prefix): brand for low, high, brand in _IIN_RANGES for prefix in range(low, high + 1)
+}
+_PREFIX_WIDTHS = tuple(sorted({len(prefix) for prefix in _BRAND_BY_PREFIX}, reverse=True))
+# Luhn's contribution of each digit character in an even position from the
+# right (doubled, minus 9 when that exceeds 9) and in an odd one (itself).
+_LUHN_DOUBLED = {str(d): 2 * d - 9 if d > 4 else 2 * d for d in range(10)}
+_LUHN_PLAIN = {str(d): d for d in range(10)}
 
 
 def luhn_valid(digits: str) -> bool:
-    """True when the string of ASCII digits passes the Luhn (mod 10) check."""
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
-        if index % 2 == 1:
-            value = value * 2 - 9 if value > 4 else value * 2
-        total += value
+    """True when ``digits`` is ASCII digits passing the Luhn (mod 10) check."""
+    if not digits.isascii() or not digits.isdigit():
+        return False
+    from_right = digits[::-1]
+    total = sum(map(_LUHN_PLAIN.__getitem__, from_right[0::2]))
+    total += sum(map(_LUHN_DOUBLED.__getitem__, from_right[1::2]))
     return total % 10 == 0
 
 
@@ -102,13 +106,10 @@ def pan_valid(pan: str) -> bool:
 
 def card_brand(pan: str) -> CardBrand:
     """The network from the PAN's leading digits (IIN ranges); UNSPECIFIED if unknown."""
-    for width, rows in _IIN_BY_WIDTH:
-        if len(pan) < width:
-            continue
-        prefix = int(pan[:width])
-        for low, high, brand in rows:
-            if low <= prefix <= high:
-                return brand
+    for width in _PREFIX_WIDTHS:
+        brand = _BRAND_BY_PREFIX.get(pan[:width]) if len(pan) >= width else None
+        if brand is not None:
+            return brand
     return CardBrand.UNSPECIFIED
 
 

@@ -139,23 +139,18 @@ class StoredRecord:
     def secret_fields(self) -> list[bytes | str]:
         """Flattened ciphertext and key-version fields (what a rewrap replaces)."""
         e = self.envelope
-        pairs: list[tuple[str, bytes | str]] = [
-            ("ct", e.ciphertext), ("nonce", e.nonce), ("wdek", e.wrapped_key),
-            ("kek", str(e.kek_version)), ("fp", self.fingerprint),
-            ("fpv", str(self.fingerprint_version)),
-        ]
-        return [item for pair in pairs for item in pair]
+        return ["ct", e.ciphertext, "nonce", e.nonce, "wdek", e.wrapped_key,
+                "kek", str(e.kek_version), "fp", self.fingerprint,
+                "fpv", str(self.fingerprint_version)]
 
     def fields(self) -> list[bytes | str]:
         """Flattened hash fields (name, value, ...) for a script's ARGV."""
         d = self.display
-        pairs: list[tuple[str, bytes | str]] = [
-            ("bin", d.bin), ("last4", d.last_four), ("brand", d.brand.value),
-            ("exp_m", str(d.expiry_month)), ("exp_y", str(d.expiry_year)),
-            ("mname", d.masked_holder_name), ("mphone", d.masked_phone),
-            ("mtime", repr(self.update_time)), ("ctime", repr(self.create_time)),
-        ]
-        return self.secret_fields() + [item for pair in pairs for item in pair]
+        return [*self.secret_fields(),
+                "bin", d.bin, "last4", d.last_four, "brand", d.brand.value,
+                "exp_m", str(d.expiry_month), "exp_y", str(d.expiry_year),
+                "mname", d.masked_holder_name, "mphone", d.masked_phone,
+                "mtime", repr(self.update_time), "ctime", repr(self.create_time)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime
 
 import pytest
@@ -70,6 +71,32 @@ def test_luhn_one_check_digit_fits(body: str) -> None:
 )
 def test_brand_from_iin(pan: str, brand: CardBrand) -> None:
     assert card_brand(pan) is brand
+
+
+def _brand_by_scanning_ranges(pan: str) -> CardBrand:
+    # The IIN table read the slow, obvious way: longest prefix width first.
+    for width in (6, 4, 3, 2, 1):
+        for low, high, brand in pan_mod._IIN_RANGES:
+            if len(str(low)) == width and len(pan) >= width and low <= int(pan[:width]) <= high:
+                return brand
+    return CardBrand.UNSPECIFIED
+
+
+@given(st.text(alphabet="0123456789", min_size=12, max_size=19))
+def test_brand_lookup_matches_the_iin_ranges(pan: str) -> None:
+    assert card_brand(pan) is _brand_by_scanning_ranges(pan)
+
+
+@pytest.mark.parametrize("prefix", ["622126", "622925", "2200", "2204", "2221", "2720",
+                                    "3528", "3589", "300", "305", "644", "649", "38", "39"])
+def test_brand_lookup_at_range_edges(prefix: str) -> None:
+    pan = prefix + "0" * (16 - len(prefix))
+    assert card_brand(pan) is _brand_by_scanning_ranges(pan) is not CardBrand.UNSPECIFIED
+
+
+@pytest.mark.parametrize("text", ["", "4111 1111", "411a", "٤١١١", "-41"])
+def test_luhn_refuses_what_is_not_ascii_digits(text: str) -> None:
+    assert not luhn_valid(text)
 
 
 def test_masking() -> None:
@@ -180,6 +207,11 @@ def test_new_tokens_are_well_formed_random_and_not_numeric() -> None:
         assert len(token) == 30
         assert not token.isdigit()
         assert not pan_valid(token)
+
+
+@given(st.binary(min_size=16, max_size=16))
+def test_token_encoding_is_rfc4648_base32(raw: bytes) -> None:
+    assert tokens.base32_lower(raw) == base64.b32encode(raw).decode().rstrip("=").lower()
 
 
 @pytest.mark.parametrize(
