@@ -28,6 +28,7 @@ from vault.audit import (
     ROOT_UNSEAL,
     AuditEntry,
     AuditLog,
+    Checkpoint,
     Verification,
 )
 from vault.keyring import EntryInfo, Keyring
@@ -206,8 +207,8 @@ class KeyAdminService:
 
     # --- audit -----------------------------------------------------------------------
 
-    async def verify_audit(self) -> Verification:
-        return await self._audit.verify()
+    async def verify_audit(self, checkpoint: Checkpoint | None = None) -> Verification:
+        return await self._audit.verify(checkpoint)
 
     def export_audit(self, start_seq: int) -> AsyncIterator[tuple[str, dict[str, str]]]:
         return self._audit.entries(start_seq)

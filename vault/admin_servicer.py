@@ -12,6 +12,7 @@ from cardlink.vault.v1 import admin_pb2, admin_pb2_grpc
 from common.auth import current_principal
 from common.errors import InvalidArgument
 from vault.admin import KeyAdminService
+from vault.audit import Checkpoint
 from vault.keyring import FINGERPRINT, KEK, SEALING, SIGNING, EntryInfo
 from vault.lifecycle import KEY_KIND_INVALID, VersionStatus
 from vault.rewrap import RewrapProgress
@@ -156,7 +157,9 @@ class KeyAdminServicer(admin_pb2_grpc.KeyAdminServicer):
 
     async def VerifyAudit(self, request: admin_pb2.VerifyAuditRequest,
                           context: Context) -> admin_pb2.AuditVerification:
-        v = await self._service.verify_audit()
+        checkpoint = (Checkpoint(request.checkpoint.seq, request.checkpoint.mac)
+                      if request.HasField("checkpoint") else None)
+        v = await self._service.verify_audit(checkpoint)
         return admin_pb2.AuditVerification(ok=v.ok, verified=v.verified, problem=v.problem,
                                            entry_id=v.entry_id, expected_seq=v.expected_seq,
                                            head_seq=v.head_seq, head_mac=v.head_mac)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
@@ -33,7 +34,7 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
-from common.errors import CardLinkError, Unavailable
+from common.errors import CardLinkError, Unavailable, invalid_field
 from vault.crypto import AuditMacKey
 from vault.keyring import Keyring, redis_errors
 
@@ -134,6 +135,27 @@ def audit_head_key(prefix: str) -> str:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+ROLLED_BACK = "ROLLED_BACK"
+CHECKPOINT_INVALID = "CHECKPOINT_INVALID"
+_MAC_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """One entry of the chain recorded outside Redis (a head that ``verify``
+    reported): Redis alone cannot show that its tail was cut, this can."""
+
+    seq: int
+    mac: str
+
+    def __post_init__(self) -> None:
+        if self.seq < 1:
+            raise invalid_field("checkpoint.seq", "must be 1 or more", CHECKPOINT_INVALID)
+        if _MAC_HEX.fullmatch(self.mac) is None:
+            raise invalid_field("checkpoint.mac", "must be 64 lowercase hex characters",
+                                CHECKPOINT_INVALID)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,13 +296,15 @@ class AuditLog:
                 return
             after = "(" + _text(page[-1][0])
 
-    async def verify(self) -> Verification:
+    async def verify(self, checkpoint: Checkpoint | None = None) -> Verification:
         """Check every entry's sequence number and MAC, then the head.
 
         Entries past the head are checked too: ones appended while this runs
         chain on and are covered by the head read at the end; any the final
         head does not cover mean the head was deleted or moved back
-        (BEYOND_HEAD).
+        (BEYOND_HEAD). With a ``checkpoint``, the log must still hold that
+        entry, MAC and all (ROLLED_BACK otherwise): the one check that sees a
+        tail cut off together with the head.
         """
         head_seq, head_mac = await self.head()
         mac_key = await self._mac_key()
@@ -288,6 +312,9 @@ class AuditLog:
         mac_at_head, first_beyond = "", ""
         async for entry_id, fields in self.entries():
             problem = self._check(mac_key, fields, expected, previous)
+            if not problem and checkpoint is not None and expected == checkpoint.seq and (
+                    fields["mac"] != checkpoint.mac):
+                problem = ROLLED_BACK  # cut back below the checkpoint, then grown again
             if problem:
                 return Verification(False, verified, problem, entry_id, expected, head_seq,
                                     head_mac)
@@ -306,6 +333,9 @@ class AuditLog:
             if latest_seq < expected - 1:
                 return Verification(False, verified, "BEYOND_HEAD", first_beyond, head_seq + 1,
                                      head_seq, head_mac)
+        if checkpoint is not None and checkpoint.seq >= expected:  # the log ends before it
+            return Verification(False, verified, ROLLED_BACK, "", checkpoint.seq, head_seq,
+                                head_mac)
         return Verification(True, verified, head_seq=head_seq, head_mac=head_mac)
 
     @staticmethod

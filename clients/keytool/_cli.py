@@ -76,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     _own_share(rekey)
     audit = sub.add_parser("audit", help="verify or export the audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    audit_sub.add_parser("verify", help="check the keyed hash chain")
+    verify = audit_sub.add_parser("verify", help="check the keyed hash chain")
+    verify.add_argument("--checkpoint", type=_commands.checkpoint, metavar="SEQ:MAC",
+                        help="a head an earlier verify printed: the log must still hold it")
     export = audit_sub.add_parser("export", help="JSON lines, to --out or stdout")
     export.add_argument("--out", type=Path)
     export.add_argument("--from-seq", type=int, default=0)

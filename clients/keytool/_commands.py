@@ -263,16 +263,32 @@ def keygen_custodian(args: argparse.Namespace, out: Output) -> int:
     return _exit.OK
 
 
+def checkpoint(text: str) -> admin_pb2.AuditCheckpoint:
+    """``--checkpoint SEQ:MAC``, as ``audit verify`` prints a head (checked by the vault)."""
+    seq, sep, mac = text.partition(":")
+    if not sep or not seq.isdigit():
+        raise argparse.ArgumentTypeError("expected SEQ:MAC, as `audit verify` prints it")
+    return admin_pb2.AuditCheckpoint(seq=int(seq), mac=mac)
+
+
 async def audit_verify(stub: admin_pb2_grpc.KeyAdminAsyncStub, args: argparse.Namespace,
                        out: Output) -> int:
-    reply = await stub.VerifyAudit(admin_pb2.VerifyAuditRequest(), timeout=args.timeout)
+    request = admin_pb2.VerifyAuditRequest(checkpoint=args.checkpoint)
+    reply = await stub.VerifyAudit(request, timeout=args.timeout)
     if reply.ok:
-        text = (f"audit log intact: {reply.verified} entries verified; head seq "
-                f"{reply.head_seq} mac {reply.head_mac} (keep this to detect truncation)")
+        held = (f"; still holds checkpoint {args.checkpoint.seq}"
+                if args.checkpoint is not None else "")
+        text = f"audit log intact: {reply.verified} entries verified{held}"
+        if reply.head_seq:
+            text += (f"; checkpoint {reply.head_seq}:{reply.head_mac} (record it outside "
+                     "Redis and pass it to --checkpoint later: only that shows a tail cut "
+                     "off together with its head)")
     else:
         text = (f"audit log BROKEN: {reply.problem} at entry {reply.entry_id or '(end)'} "
                 f"(expected seq {reply.expected_seq}); {reply.verified} entries verified "
                 "before it")
+        if reply.problem == "ROLLED_BACK":
+            text += "; the log no longer holds the checkpoint: its newest entries were cut off"
     out.result(as_dict(reply), text)
     return _exit.OK if reply.ok else _exit.AUDIT_BROKEN
 

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cardlink.vault.v1 import admin_pb2, vault_pb2
+from common.grpc_errors import error_from_rpc
 from tests.support.cards import card, numbered_card
 from tests.support.vault import VaultHandle
 from vault.audit import FIELDS, AuditEntry, audit_head_key, audit_key, chain_payload
@@ -35,9 +36,19 @@ async def make_entries(vault: VaultHandle) -> str:
     return name
 
 
-async def verify(vault: VaultHandle) -> admin_pb2.AuditVerification:
-    return await vault.admin.VerifyAudit(admin_pb2.VerifyAuditRequest(),
+async def verify(vault: VaultHandle, checkpoint: admin_pb2.AuditCheckpoint | None = None
+                 ) -> admin_pb2.AuditVerification:
+    return await vault.admin.VerifyAudit(admin_pb2.VerifyAuditRequest(checkpoint=checkpoint),
                                          metadata=vault.security())
+
+
+async def cut_back_to(client: aioredis.Redis, prefix: str, kept: int) -> None:
+    """What an attacker with Redis access can do unseen: drop the newest
+    entries and move the head back to the last one kept."""
+    entries: Any = await client.xrange(audit_key(prefix))
+    await rewrite(client, audit_key(prefix), lambda e: e[:kept])
+    await client.hset(audit_head_key(prefix), mapping={
+        "seq": str(kept), "mac": entries[kept - 1][1][b"mac"]})
 
 
 async def rewrite(client: aioredis.Redis, key: str,
@@ -120,6 +131,63 @@ async def test_entries_beyond_a_missing_or_rolled_back_head_are_reported(
     result = await verify(vault)
     assert (result.ok, result.problem, result.verified) == (False, "BEYOND_HEAD", kept)
     assert result.entry_id == entries[kept][0].decode()
+
+
+async def test_a_checkpoint_shows_a_tail_cut_off_with_its_head(
+        vault: VaultHandle, redis_client: aioredis.Redis) -> None:
+    await make_entries(vault)
+    head = await verify(vault)
+    checkpoint = admin_pb2.AuditCheckpoint(seq=head.head_seq, mac=head.head_mac)
+    assert (await verify(vault, checkpoint)).ok
+    await cut_back_to(redis_client, vault.config.redis_prefix, AT)
+    assert (await verify(vault)).ok  # consistent as far as Redis can tell
+    result = await verify(vault, checkpoint)
+    assert (result.ok, result.problem, result.verified) == (False, "ROLLED_BACK", AT)
+    assert (result.entry_id, result.expected_seq) == ("", ENTRIES)
+
+
+async def test_a_checkpoint_shows_a_tail_cut_off_and_grown_again(
+        vault: VaultHandle, redis_client: aioredis.Redis) -> None:
+    name = await make_entries(vault)
+    head = await verify(vault)
+    checkpoint = admin_pb2.AuditCheckpoint(seq=head.head_seq, mac=head.head_mac)
+    await cut_back_to(redis_client, vault.config.redis_prefix, AT)
+    for i in range(ENTRIES):  # the vault chains on from the moved-back head
+        await vault.stub.DetokenizeToken(vault_pb2.DetokenizeTokenRequest(
+            name=name, reason=f"later {i}"), metadata=vault.bank())
+    assert (await verify(vault)).ok
+    result = await verify(vault, checkpoint)
+    assert (result.ok, result.problem, result.expected_seq) == (False, "ROLLED_BACK", ENTRIES)
+    entries: Any = await redis_client.xrange(audit_key(vault.config.redis_prefix))
+    assert result.entry_id == entries[ENTRIES - 1][0].decode()
+
+
+async def test_a_checkpoint_still_held_as_the_log_grows(vault: VaultHandle) -> None:
+    name = await make_entries(vault)
+    head = await verify(vault)
+    await vault.stub.DetokenizeToken(vault_pb2.DetokenizeTokenRequest(
+        name=name, reason="one more"), metadata=vault.bank())
+    later = await verify(vault, admin_pb2.AuditCheckpoint(seq=head.head_seq,
+                                                          mac=head.head_mac))
+    assert later.ok and later.head_seq == head.head_seq + 1
+
+
+@pytest.mark.parametrize(("seq", "mac", "field"), [
+    (0, "a" * 64, "checkpoint.seq"),
+    (-3, "a" * 64, "checkpoint.seq"),
+    (1, "A" * 64, "checkpoint.mac"),
+    (1, "a" * 63, "checkpoint.mac"),
+    (1, "", "checkpoint.mac"),
+])
+async def test_a_malformed_checkpoint_is_refused(vault: VaultHandle, seq: int, mac: str,
+                                                 field: str) -> None:
+    await make_entries(vault)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await verify(vault, admin_pb2.AuditCheckpoint(seq=seq, mac=mac))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    error = error_from_rpc(caught.value)
+    assert error.reason == "CHECKPOINT_INVALID"
+    assert [v.field for v in error.violations] == [field]
 
 
 async def test_sealed_backlog_is_capped_and_the_overflow_counted(

@@ -72,6 +72,16 @@ async def test_audit_verify_and_export(vault: VaultHandle, redis_client: aioredi
     await keytool(vault, "rotate", "sign")
     assert await keytool(vault, "audit", "verify") == 0
     assert "4 entries verified" in capsys.readouterr().out  # intent + outcome per rotate
+    assert await keytool(vault, "--json", "audit", "verify") == 0
+    head = last_json(capsys.readouterr().out)
+    checkpoint = f"{head['head_seq']}:{head['head_mac']}"
+    assert await keytool(vault, "audit", "verify", "--checkpoint", checkpoint) == 0
+    assert "still holds checkpoint 4; checkpoint 4:" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as usage:
+        await keytool(vault, "audit", "verify", "--checkpoint", "four")
+    assert usage.value.code == 2 and "SEQ:MAC" in capsys.readouterr().err
+    assert await keytool(vault, "audit", "verify", "--checkpoint", "4:nothex") == 1  # refused
+    assert "CHECKPOINT_INVALID" in capsys.readouterr().err
     out = tmp_path / "audit.jsonl"
     assert await keytool(vault, "audit", "export", "--out", str(out)) == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]

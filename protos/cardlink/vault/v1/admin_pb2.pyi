@@ -650,16 +650,53 @@ class VerifyAuditRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def checkpoint(self) -> Global___AuditCheckpoint:
+        """Optional. A chain head recorded outside Redis after an earlier
+        verification (its head_seq and head_mac). The log must still hold that
+        entry with that MAC: one cut back below it (with its head moved back to
+        match), or cut and grown again since, fails with ROLLED_BACK.
+        """
+
     def __init__(
         self,
+        *,
+        checkpoint: Global___AuditCheckpoint | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VerifyAuditRequest: _TypeAlias = VerifyAuditRequest  # noqa: Y015
+
+@_typing.final
+class AuditCheckpoint(_message.Message):
+    """One entry of the audit chain, as recorded outside Redis."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    MAC_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """Required. The entry's sequence number (1 or more)."""
+    mac: _builtins.str
+    """Required. The entry's MAC: 64 lowercase hex characters."""
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        mac: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mac", b"mac", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditCheckpoint: _TypeAlias = AuditCheckpoint  # noqa: Y015
 
 @_typing.final
 class AuditVerification(_message.Message):
@@ -683,7 +720,9 @@ class AuditVerification(_message.Message):
     not match, e.g. an edited or forged entry), MISSING_OR_REORDERED (the
     sequence jumps ahead: an entry deleted or moved later),
     INSERTED_OR_REORDERED (the sequence goes back: a copied or moved entry),
-    TRUNCATED (the log ends before the chain head) or MALFORMED.
+    TRUNCATED (the log ends before the chain head), BEYOND_HEAD (entries
+    past a deleted or moved-back head), ROLLED_BACK (the log no longer holds
+    the request's checkpoint) or MALFORMED.
     """
     entry_id: _builtins.str
     """Output only. The stream id of the entry where the problem shows."""
