@@ -18,14 +18,17 @@ its batch, so contention costs one retry per batch, not per entry.
 Limits (see the key tool's ``audit verify``): an attacker with write access
 to Redis cannot alter, remove, insert or reorder an entry without breaking
 the chain, but can cut the newest entries off the tail and move the head
-back with them; record the head MAC that ``audit verify`` prints somewhere
-else to detect that.
+back with them. Only a checkpoint kept outside Redis shows that: ``verify``
+with a head an earlier run reported fails with ROLLED_BACK once the log no
+longer holds it. A process that sees the head move back below what it
+wrote itself logs an error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -37,6 +40,8 @@ from redis.asyncio import Redis
 from common.errors import CardLinkError, Unavailable, invalid_field
 from vault.crypto import AuditMacKey
 from vault.keyring import Keyring, redis_errors
+
+logger = logging.getLogger("cardlink.vault.audit")
 
 AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"
 DETOKENIZE = "detokenize"
@@ -278,6 +283,11 @@ class AuditLog:
                 return [_text(r) for r in reply[1:]]
             # Another process appended: chain from its head instead.
             self._head = (int(reply[1]), _text(reply[2]))
+            if self._head[0] < head[0]:
+                # Heads only move forward: entries were cut off (or the head rewritten).
+                logger.error("the audit chain head moved back from seq %d to %d: entries "
+                             "may have been removed; run `audit verify --checkpoint`",
+                             head[0], self._head[0])
         raise Unavailable(AUDIT_UNAVAILABLE, "the audit log is too contended; retry")
 
     async def entries(self, start_seq: int = 0) -> AsyncIterator[tuple[str, dict[str, str]]]:

@@ -7,6 +7,7 @@ import base64
 import getpass
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -263,12 +264,17 @@ def keygen_custodian(args: argparse.Namespace, out: Output) -> int:
     return _exit.OK
 
 
+_CHECKPOINT = re.compile(r"([0-9]+):([0-9a-f]{64})")
+
+
 def checkpoint(text: str) -> admin_pb2.AuditCheckpoint:
-    """``--checkpoint SEQ:MAC``, as ``audit verify`` prints a head (checked by the vault)."""
-    seq, sep, mac = text.partition(":")
-    if not sep or not seq.isdigit():
-        raise argparse.ArgumentTypeError("expected SEQ:MAC, as `audit verify` prints it")
-    return admin_pb2.AuditCheckpoint(seq=int(seq), mac=mac)
+    """``--checkpoint SEQ:MAC``, as ``audit verify`` prints a head (pasted copies
+    may carry spaces or capitals)."""
+    match = _CHECKPOINT.fullmatch(text.strip().lower())
+    if match is None:
+        raise argparse.ArgumentTypeError("expected SEQ:MAC (a number, a colon and 64 hex "
+                                         "characters), as `audit verify` prints it")
+    return admin_pb2.AuditCheckpoint(seq=int(match[1]), mac=match[2])
 
 
 async def audit_verify(stub: admin_pb2_grpc.KeyAdminAsyncStub, args: argparse.Namespace,
@@ -288,7 +294,8 @@ async def audit_verify(stub: admin_pb2_grpc.KeyAdminAsyncStub, args: argparse.Na
                 f"(expected seq {reply.expected_seq}); {reply.verified} entries verified "
                 "before it")
         if reply.problem == "ROLLED_BACK":
-            text += "; the log no longer holds the checkpoint: its newest entries were cut off"
+            text += ("; the log no longer holds that checkpoint: entries after it were cut "
+                     "off, or the checkpoint is not from this log")
     out.result(as_dict(reply), text)
     return _exit.OK if reply.ok else _exit.AUDIT_BROKEN
 

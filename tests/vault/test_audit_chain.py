@@ -147,7 +147,8 @@ async def test_a_checkpoint_shows_a_tail_cut_off_with_its_head(
 
 
 async def test_a_checkpoint_shows_a_tail_cut_off_and_grown_again(
-        vault: VaultHandle, redis_client: aioredis.Redis) -> None:
+        vault: VaultHandle, redis_client: aioredis.Redis,
+        caplog: pytest.LogCaptureFixture) -> None:
     name = await make_entries(vault)
     head = await verify(vault)
     checkpoint = admin_pb2.AuditCheckpoint(seq=head.head_seq, mac=head.head_mac)
@@ -156,10 +157,22 @@ async def test_a_checkpoint_shows_a_tail_cut_off_and_grown_again(
         await vault.stub.DetokenizeToken(vault_pb2.DetokenizeTokenRequest(
             name=name, reason=f"later {i}"), metadata=vault.bank())
     assert (await verify(vault)).ok
+    # The process that wrote past the cut saw its head go back, and said so.
+    assert f"head moved back from seq {ENTRIES} to {AT}" in caplog.text
     result = await verify(vault, checkpoint)
     assert (result.ok, result.problem, result.expected_seq) == (False, "ROLLED_BACK", ENTRIES)
     entries: Any = await redis_client.xrange(audit_key(vault.config.redis_prefix))
     assert result.entry_id == entries[ENTRIES - 1][0].decode()
+
+
+async def test_a_cut_tail_with_its_head_left_is_truncated_whatever_the_checkpoint(
+        vault: VaultHandle, redis_client: aioredis.Redis) -> None:
+    await make_entries(vault)
+    head = await verify(vault)
+    await rewrite(redis_client, audit_key(vault.config.redis_prefix), lambda e: e[:-1])
+    result = await verify(vault, admin_pb2.AuditCheckpoint(seq=head.head_seq,
+                                                           mac=head.head_mac))
+    assert (result.ok, result.problem) == (False, "TRUNCATED")
 
 
 async def test_a_checkpoint_still_held_as_the_log_grows(vault: VaultHandle) -> None:

@@ -87,11 +87,24 @@ def test_brand_lookup_matches_the_iin_ranges(pan: str) -> None:
     assert card_brand(pan) is _brand_by_scanning_ranges(pan)
 
 
-@pytest.mark.parametrize("prefix", ["622126", "622925", "2200", "2204", "2221", "2720",
-                                    "3528", "3589", "300", "305", "644", "649", "38", "39"])
-def test_brand_lookup_at_range_edges(prefix: str) -> None:
-    pan = prefix + "0" * (16 - len(prefix))
-    assert card_brand(pan) is _brand_by_scanning_ranges(pan) is not CardBrand.UNSPECIFIED
+def test_brand_lookup_matches_the_iin_ranges_for_every_short_prefix() -> None:
+    for width in range(1, 5):
+        for prefix in range(10 ** width):
+            pan = f"{prefix:0{width}d}".ljust(16, "0")
+            assert card_brand(pan) is _brand_by_scanning_ranges(pan), pan
+
+
+def test_brand_lookup_at_and_just_outside_every_range() -> None:
+    for low, high, _ in pan_mod._IIN_RANGES:
+        for prefix in (low - 1, low, high, high + 1):
+            pan = str(prefix).ljust(16, "0")
+            assert card_brand(pan) is _brand_by_scanning_ranges(pan), pan
+
+
+def test_iin_ranges_of_one_width_never_overlap() -> None:
+    # The prefix table keeps one brand per prefix: an overlap would lose one.
+    covered = sum(high - low + 1 for low, high, _ in pan_mod._IIN_RANGES)
+    assert len(pan_mod._BRAND_BY_PREFIX) == covered
 
 
 @pytest.mark.parametrize("text", ["", "4111 1111", "411a", "٤١١١", "-41"])

@@ -725,14 +725,20 @@ class AuditVerification(_message.Message):
     the request's checkpoint) or MALFORMED.
     """
     entry_id: _builtins.str
-    """Output only. The stream id of the entry where the problem shows."""
+    """Output only. The stream id of the entry where the problem shows; empty
+    when the log ends before the entry it should hold (TRUNCATED, and
+    ROLLED_BACK past the end of the log).
+    """
     expected_seq: _builtins.int
-    """Output only. The sequence number expected at that entry."""
+    """Output only. The sequence number expected at that entry (for
+    ROLLED_BACK past the end of the log, the checkpoint's).
+    """
     head_seq: _builtins.int
     """Output only. The chain head's sequence number."""
     head_mac: _builtins.str
-    """Output only. The chain head's MAC (hex): record it elsewhere to detect a
-    later truncation of the tail.
+    """Output only. The chain head's MAC (hex). Record head_seq and head_mac
+    outside Redis and pass them back as VerifyAuditRequest.checkpoint to
+    detect a later cut of the tail.
     """
     def __init__(
         self,
