@@ -115,6 +115,23 @@ class CreditService:
         self._check(status, value)
         return await self.get(name)
 
+    async def close(self, name: ChildName, reason: str, request_id: str) -> CreditLine:
+        return await self._idem.run(
+            name.tenant, "CloseCreditLine", request_id, fingerprint(str(name), reason),
+            lambda: self._close(name, reason), self._codec,
+        )
+
+    async def _close(self, name: ChildName, reason: str) -> CreditLine:
+        status, value = await self._store.close(name, self._clock.now())
+        if status == "IN_USE":
+            line = await self.get(name)
+            raise FailedPrecondition(
+                "CREDIT_LINE_IN_USE", "money is held or outstanding on the credit line",
+                metadata={"held_minor": str(line.held), "outstanding_minor": str(line.outstanding)})
+        self._check(status, value)
+        logger.info("credit line %s closed by the bank: %s", name, reason)
+        return await self.get(name)
+
     @staticmethod
     def _check(status: str, value: str) -> None:
         if status == "NOT_FOUND":

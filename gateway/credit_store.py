@@ -4,7 +4,8 @@ A line is a hash ``cl:<id>`` (fields: name, bid, bname, tokn, state, cur,
 limit, held, out, tier, acct, decl, ctime, mtime) next to the user's
 bindings, so "the binding is active" and "the user has no other open line"
 are checked in the same script that opens the line. ``clopen`` names the
-user's one open (applied, active or frozen) line.
+user's one open (applied, active or frozen) line; a closed or declined line
+gives the slot up.
 """
 
 from __future__ import annotations
@@ -81,6 +82,23 @@ return {'OK', ''}
 """)
 
 
+# Closing frees the user's open-line slot; it never strands money, so a
+# line with anything held or outstanding stays open.
+_CLOSE = script("""
+local clid = ARGV[3]
+local k = base .. ':cl:' .. clid
+local line = redis.call('HMGET', k, 'state', 'held', 'out')
+local state = line[1]
+if not state then return {'NOT_FOUND', ''} end
+if state == 'CLOSED' then return {'OK', ''} end
+if state ~= 'ACTIVE' and state ~= 'FROZEN' then return {'STATE', state} end
+if tonumber(line[2]) ~= 0 or tonumber(line[3]) ~= 0 then return {'IN_USE', ''} end
+redis.call('HSET', k, 'state', 'CLOSED', 'mtime', now)
+if redis.call('GET', base .. ':clopen') == clid then redis.call('DEL', base .. ':clopen') end
+return {'OK', ''}
+""")
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -93,6 +111,7 @@ class CreditStore:
         self._decided = redis.register_script(_DECIDED)
         self._change_limit = redis.register_script(_CHANGE_LIMIT)
         self._set_state = redis.register_script(_SET_STATE)
+        self._close = redis.register_script(_CLOSE)
 
     async def _run(self, fn: Any, name: ChildName, now: float, *args: Any) -> tuple[str, str]:
         keys = self._keyspace.user(name.parent)
@@ -127,6 +146,9 @@ class CreditStore:
     async def set_state(self, name: ChildName, now: float, from_state: CreditLineState,
                         to_state: CreditLineState) -> tuple[str, str]:
         return await self._run(self._set_state, name, now, from_state.value, to_state.value)
+
+    async def close(self, name: ChildName, now: float) -> tuple[str, str]:
+        return await self._run(self._close, name, now)
 
     async def load(self, name: ChildName) -> tuple[CreditLine, str] | None:
         """The line and its card's vault token name."""

@@ -69,12 +69,15 @@ async def test_partner_cannot_send_bank_events(stack: Stack) -> None:
     # A partner signs its own tokens; the trust store does not grant it the
     # bank's scope, and the gateway checks the issuer as well.
     events = bank_events_pb2_grpc.BankEventsStub(stack.channel)
-    request = bank_events_pb2.FreezeCreditLineRequest(
-        name="tenants/acme/users/u/creditLines/cln_" + "a" * 26, reason="X",
-        request_id=str(uuid.uuid4()))
-    partner = stack.token(scopes=(*PARTNER_SCOPES, "gateway.bank.events"))
-    error = await refused(events.FreezeCreditLine(request, metadata=bearer_metadata(partner)))
-    assert isinstance(error, PermissionDenied)
+    name, request_id = "tenants/acme/users/u/creditLines/cln_" + "a" * 26, str(uuid.uuid4())
+    partner = bearer_metadata(stack.token(scopes=(*PARTNER_SCOPES, "gateway.bank.events")))
+    for call in (
+        events.FreezeCreditLine(bank_events_pb2.FreezeCreditLineRequest(
+            name=name, reason="X", request_id=request_id), metadata=partner),
+        events.CloseCreditLine(bank_events_pb2.CloseCreditLineRequest(
+            name=name, reason="X", request_id=request_id), metadata=partner),
+    ):
+        assert isinstance(await refused(call), PermissionDenied)
 
 
 async def test_tenant_a_token_on_tenant_b_resources_is_not_found(stack: Stack) -> None:

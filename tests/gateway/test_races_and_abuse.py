@@ -8,7 +8,7 @@ import uuid
 
 from cardlink.bank.v1 import simulator_pb2 as sim
 from cardlink.gateway.v1 import bank_events_pb2, bank_events_pb2_grpc, resources_pb2
-from clients.sdk import FailedPrecondition
+from clients.sdk import Aborted, FailedPrecondition
 from common.auth import bearer_metadata
 from common.grpc_errors import rpc_errors
 from gateway.connectors import CallPolicy
@@ -150,9 +150,15 @@ async def test_freeze_refused_while_applied_is_not_replayed_forever(stack: Stack
         name=line_name, reason="FRAUD", request_id=str(uuid.uuid4()))
     first = await refused(events.FreezeCreditLine(freeze, metadata=auth))
     assert first.reason == "CREDIT_LINE_STATE"
+    close = bank_events_pb2.CloseCreditLineRequest(
+        name=line_name, reason="FRAUD", request_id=str(uuid.uuid4()))
+    early_close = await refused(events.CloseCreditLine(close, metadata=auth))
+    assert isinstance(early_close, Aborted) and early_close.reason == "CREDIT_LINE_STATE"
 
     line = await sdk.activate_credit_line("u-1", binding.name, request_id=request_id)
     assert line.state == Line.STATE_ACTIVE
     retried = await _settle(events.FreezeCreditLine(freeze, metadata=auth))
     assert not isinstance(retried[0], Exception), f"bank's freeze retry: {retried[0]!r}"
     assert retried[0].state == Line.STATE_FROZEN  # type: ignore[attr-defined]
+    closed = await events.CloseCreditLine(close, metadata=auth)  # the same event, retried
+    assert closed.state == Line.STATE_CLOSED

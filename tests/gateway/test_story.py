@@ -10,7 +10,7 @@ import pytest
 from cardlink.bank.v1 import bank_core_pb2
 from cardlink.gateway.v1 import bank_events_pb2, bank_events_pb2_grpc, resources_pb2
 from common.auth import bearer_metadata
-from common.errors import FailedPrecondition
+from common.errors import FailedPrecondition, InvalidArgument
 from gateway.names import parse_user
 from tests.gateway.conftest import (
     ALICE,
@@ -112,6 +112,79 @@ async def test_limit_cut_below_usage_leaves_zero_available(stack: Stack) -> None
             name=line.name, limit=resources_pb2.Money(currency_code="USD", units_minor=1),
             request_id=str(uuid.uuid4())), metadata=bank_auth(stack)))
     assert wrong_currency.reason == "CURRENCY_MISMATCH"
+
+
+def close_request(line: Line, reason: str = "ACCOUNT_CLOSED",
+                  request_id: str | None = None) -> bank_events_pb2.CloseCreditLineRequest:
+    return bank_events_pb2.CloseCreditLineRequest(
+        name=line.name, reason=reason, request_id=request_id or str(uuid.uuid4()))
+
+
+async def test_closed_line_is_final_and_frees_the_user_and_the_card(stack: Stack) -> None:
+    binding = await bind(stack, "u-3", ALICE)
+    sdk = await stack.sdk()
+    events, auth = bank_events(stack), bank_auth(stack)
+    line = await sdk.activate_credit_line("u-3", binding.name)
+    await events.FreezeCreditLine(bank_events_pb2.FreezeCreditLineRequest(
+        name=line.name, reason="RISK_REVIEW", request_id=str(uuid.uuid4())), metadata=auth)
+    request = close_request(line)
+    closed = await events.CloseCreditLine(request, metadata=auth)
+    assert closed.state == Line.STATE_CLOSED
+    assert (await events.CloseCreditLine(request, metadata=auth)) == closed  # replayed
+    assert (await sdk.get_credit_line(line.name)).state == Line.STATE_CLOSED
+
+    # Final: no bank event brings it back or changes it.
+    for call in (
+        events.UnfreezeCreditLine(bank_events_pb2.UnfreezeCreditLineRequest(
+            name=line.name, request_id=str(uuid.uuid4())), metadata=auth),
+        events.FreezeCreditLine(bank_events_pb2.FreezeCreditLineRequest(
+            name=line.name, reason="RISK_REVIEW", request_id=str(uuid.uuid4())), metadata=auth),
+        events.ChangeCreditLimit(bank_events_pb2.ChangeCreditLimitRequest(
+            name=line.name, limit=resources_pb2.Money(currency_code="EUR", units_minor=1),
+            request_id=str(uuid.uuid4())), metadata=auth),
+    ):
+        error = await refused(call)
+        assert isinstance(error, FailedPrecondition) and error.reason == "CREDIT_LINE_STATE"
+        assert error.metadata["state"] == "CLOSED"
+    assert (await sdk.get_credit_line(line.name)).limit.units_minor == 500000
+
+    # The user may apply again, and once that line closes too the card is free.
+    second = await sdk.activate_credit_line("u-3", binding.name)
+    assert second.name != line.name and second.state == Line.STATE_ACTIVE
+    await events.CloseCreditLine(close_request(second), metadata=auth)
+    assert (await sdk.unbind_binding(binding.name)).state == Binding.STATE_UNBOUND
+
+
+async def test_a_line_in_use_does_not_close(stack: Stack) -> None:
+    binding = await bind(stack, "u-4", ERIN)
+    sdk = await stack.sdk()
+    line = await sdk.activate_credit_line("u-4", binding.name)
+    keys = stack.gateway.keyspace.user(parse_user("tenants/acme/users/u-4"))
+    line_key = keys.credit_line(line.name.rsplit("/", 1)[1])
+    for held, outstanding in ((100, 0), (0, 1)):
+        # Usage the money issues will add.
+        await stack.redis.hset(line_key, mapping={"held": held, "out": outstanding})
+        error = await refused(bank_events(stack).CloseCreditLine(
+            close_request(line), metadata=bank_auth(stack)))
+        assert isinstance(error, FailedPrecondition) and error.reason == "CREDIT_LINE_IN_USE"
+        assert error.metadata == {"held_minor": str(held),
+                                  "outstanding_minor": str(outstanding)}
+        assert (await sdk.get_credit_line(line.name)).state == Line.STATE_ACTIVE
+    in_use = await refused(sdk.unbind_binding(binding.name))
+    assert in_use.reason == "BINDING_IN_USE"
+
+
+@pytest.mark.parametrize("reason", ["", "closed", "CLOSED BY 4111111111111111",
+                                    "_CLOSED", "A" * 65])
+async def test_close_reason_is_a_stable_code(stack: Stack, reason: str) -> None:
+    binding = await bind(stack, "u-8", ALICE)
+    line = await (await stack.sdk()).activate_credit_line("u-8", binding.name)
+    before = await contents(stack.redis, stack.gateway.keyspace.pattern)
+    error = await refused(bank_events(stack).CloseCreditLine(
+        close_request(line, reason), metadata=bank_auth(stack)))
+    assert isinstance(error, InvalidArgument) and error.reason == "REASON_INVALID"
+    assert [v.field for v in error.violations] == ["reason"]
+    assert await contents(stack.redis, stack.gateway.keyspace.pattern) == before
 
 
 async def test_list_pages_and_unbind(stack: Stack) -> None:

@@ -104,3 +104,33 @@ class UnfreezeCreditLineRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnfreezeCreditLineRequest: _TypeAlias = UnfreezeCreditLineRequest  # noqa: Y015
+
+@_typing.final
+class CloseCreditLineRequest(_message.Message):
+    """Request for CloseCreditLine."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Required. The credit line."""
+    reason: _builtins.str
+    """Required. Why, a stable UPPER_SNAKE reason (1 to 64 characters)."""
+    request_id: _builtins.str
+    """Required. A UUID4 (the bank's event id)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseCreditLineRequest: _TypeAlias = CloseCreditLineRequest  # noqa: Y015

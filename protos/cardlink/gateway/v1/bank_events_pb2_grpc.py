@@ -52,6 +52,11 @@ class BankEventsStub:
                 request_serializer=cardlink_dot_gateway_dot_v1_dot_bank__events__pb2.UnfreezeCreditLineRequest.SerializeToString,
                 response_deserializer=cardlink_dot_gateway_dot_v1_dot_resources__pb2.CreditLine.FromString,
                 _registered_method=True)
+        self.CloseCreditLine = channel.unary_unary(
+                '/cardlink.gateway.v1.BankEvents/CloseCreditLine',
+                request_serializer=cardlink_dot_gateway_dot_v1_dot_bank__events__pb2.CloseCreditLineRequest.SerializeToString,
+                response_deserializer=cardlink_dot_gateway_dot_v1_dot_resources__pb2.CreditLine.FromString,
+                _registered_method=True)
 
 
 class BankEventsServicer:
@@ -81,6 +86,16 @@ class BankEventsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CloseCreditLine(self, request, context):
+        """Closes an active or frozen credit line (`:close`), for good. Refused
+        (FAILED_PRECONDITION CREDIT_LINE_IN_USE) while money is held or
+        outstanding on it: freeze it until that is settled. Once closed, its
+        binding may be unbound and the user may apply for a new line.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BankEventsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +112,11 @@ def add_BankEventsServicer_to_server(servicer, server):
             'UnfreezeCreditLine': grpc.unary_unary_rpc_method_handler(
                     servicer.UnfreezeCreditLine,
                     request_deserializer=cardlink_dot_gateway_dot_v1_dot_bank__events__pb2.UnfreezeCreditLineRequest.FromString,
+                    response_serializer=cardlink_dot_gateway_dot_v1_dot_resources__pb2.CreditLine.SerializeToString,
+            ),
+            'CloseCreditLine': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseCreditLine,
+                    request_deserializer=cardlink_dot_gateway_dot_v1_dot_bank__events__pb2.CloseCreditLineRequest.FromString,
                     response_serializer=cardlink_dot_gateway_dot_v1_dot_resources__pb2.CreditLine.SerializeToString,
             ),
     }
@@ -182,6 +202,33 @@ class BankEvents:
             target,
             '/cardlink.gateway.v1.BankEvents/UnfreezeCreditLine',
             cardlink_dot_gateway_dot_v1_dot_bank__events__pb2.UnfreezeCreditLineRequest.SerializeToString,
+            cardlink_dot_gateway_dot_v1_dot_resources__pb2.CreditLine.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseCreditLine(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cardlink.gateway.v1.BankEvents/CloseCreditLine',
+            cardlink_dot_gateway_dot_v1_dot_bank__events__pb2.CloseCreditLineRequest.SerializeToString,
             cardlink_dot_gateway_dot_v1_dot_resources__pb2.CreditLine.FromString,
             options,
             channel_credentials,

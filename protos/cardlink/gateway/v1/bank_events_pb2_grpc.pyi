@@ -44,6 +44,12 @@ class BankEventsStub:
     """Freezes an active credit line (`:freeze`)."""
     UnfreezeCreditLine: _grpc.UnaryUnaryMultiCallable[_bank_events_pb2.UnfreezeCreditLineRequest, _resources_pb2.CreditLine]
     """Unfreezes a frozen credit line (`:unfreeze`)."""
+    CloseCreditLine: _grpc.UnaryUnaryMultiCallable[_bank_events_pb2.CloseCreditLineRequest, _resources_pb2.CreditLine]
+    """Closes an active or frozen credit line (`:close`), for good. Refused
+    (FAILED_PRECONDITION CREDIT_LINE_IN_USE) while money is held or
+    outstanding on it: freeze it until that is settled. Once closed, its
+    binding may be unbound and the user may apply for a new line.
+    """
 
 @_typing.type_check_only
 class BankEventsAsyncStub(BankEventsStub):
@@ -60,6 +66,12 @@ class BankEventsAsyncStub(BankEventsStub):
     """Freezes an active credit line (`:freeze`)."""
     UnfreezeCreditLine: _aio.UnaryUnaryMultiCallable[_bank_events_pb2.UnfreezeCreditLineRequest, _resources_pb2.CreditLine]  # type: ignore[assignment]
     """Unfreezes a frozen credit line (`:unfreeze`)."""
+    CloseCreditLine: _aio.UnaryUnaryMultiCallable[_bank_events_pb2.CloseCreditLineRequest, _resources_pb2.CreditLine]  # type: ignore[assignment]
+    """Closes an active or frozen credit line (`:close`), for good. Refused
+    (FAILED_PRECONDITION CREDIT_LINE_IN_USE) while money is held or
+    outstanding on it: freeze it until that is settled. Once closed, its
+    binding may be unbound and the user may apply for a new line.
+    """
 
 class BankEventsServicer(metaclass=_abc_1.ABCMeta):
     """Called by the bank core with the bank's credential (scope
@@ -91,5 +103,17 @@ class BankEventsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.CreditLine, _abc.Awaitable[_resources_pb2.CreditLine]]:
         """Unfreezes a frozen credit line (`:unfreeze`)."""
+
+    @_abc_1.abstractmethod
+    def CloseCreditLine(
+        self,
+        request: _bank_events_pb2.CloseCreditLineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resources_pb2.CreditLine, _abc.Awaitable[_resources_pb2.CreditLine]]:
+        """Closes an active or frozen credit line (`:close`), for good. Refused
+        (FAILED_PRECONDITION CREDIT_LINE_IN_USE) while money is held or
+        outstanding on it: freeze it until that is settled. Once closed, its
+        binding may be unbound and the user may apply for a new line.
+        """
 
 def add_BankEventsServicer_to_server(servicer: BankEventsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
