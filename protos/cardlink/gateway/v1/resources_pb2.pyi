@@ -221,7 +221,7 @@ class CreditLine(_message.Message):
         STATE_FROZEN: CreditLine._State.ValueType  # 4
         """Frozen by the bank: no new purchases."""
         STATE_CLOSED: CreditLine._State.ValueType  # 5
-        """Closed. Terminal."""
+        """Closed by the bank (BankEvents.CloseCreditLine). Terminal."""
 
     class State(_State, metaclass=_StateEnumTypeWrapper):
         """Where the credit line is in its life."""
@@ -239,7 +239,7 @@ class CreditLine(_message.Message):
     STATE_FROZEN: CreditLine.State.ValueType  # 4
     """Frozen by the bank: no new purchases."""
     STATE_CLOSED: CreditLine.State.ValueType  # 5
-    """Closed. Terminal."""
+    """Closed by the bank (BankEvents.CloseCreditLine). Terminal."""
 
     NAME_FIELD_NUMBER: _builtins.int
     BINDING_FIELD_NUMBER: _builtins.int
