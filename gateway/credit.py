@@ -1,4 +1,5 @@
-"""Credit lines: applied -> active (approved: limit, tier) | declined; active <-> frozen.
+"""Credit lines: applied -> active (approved: limit, tier) | declined; active <-> frozen;
+closed (by the bank, only with nothing held or outstanding).
 
 The bank decides. A bank that is down or slow leaves the line APPLIED and
 raises UNAVAILABLE; activating again (same request id, or a new one on the
@@ -101,18 +102,23 @@ class CreditService:
                                   metadata={"currency_code": value})
         return await self.get(name)
 
-    async def set_frozen(self, name: ChildName, frozen: bool, request_id: str) -> CreditLine:
+    async def set_frozen(self, name: ChildName, frozen: bool, request_id: str,
+                         reason: str = "") -> CreditLine:
+        """Freeze (with the bank's ``reason`` code) or unfreeze."""
         method = "FreezeCreditLine" if frozen else "UnfreezeCreditLine"
         return await self._idem.run(
-            name.tenant, method, request_id, fingerprint(str(name), frozen),
-            lambda: self._set_frozen(name, frozen), self._codec,
+            name.tenant, method, request_id, fingerprint(str(name), frozen, reason),
+            lambda: self._set_frozen(name, frozen, reason), self._codec,
         )
 
-    async def _set_frozen(self, name: ChildName, frozen: bool) -> CreditLine:
+    async def _set_frozen(self, name: ChildName, frozen: bool, reason: str) -> CreditLine:
         active, frozen_state = CreditLineState.ACTIVE, CreditLineState.FROZEN
         source, target = (active, frozen_state) if frozen else (frozen_state, active)
         status, value = await self._store.set_state(name, self._clock.now(), source, target)
         self._check(status, value)
+        if value == "CHANGED":  # this call moved it (not one before)
+            logger.info("credit line %s %s by the bank%s", name,
+                        "frozen" if frozen else "unfrozen", f": {reason}" if reason else "")
         return await self.get(name)
 
     async def close(self, name: ChildName, reason: str, request_id: str) -> CreditLine:
@@ -124,12 +130,14 @@ class CreditService:
     async def _close(self, name: ChildName, reason: str) -> CreditLine:
         status, value = await self._store.close(name, self._clock.now())
         if status == "IN_USE":
-            line = await self.get(name)
+            # As the script saw them: the refusal is the event's answer and is replayed.
+            held, outstanding = value.split("/")
             raise FailedPrecondition(
                 "CREDIT_LINE_IN_USE", "money is held or outstanding on the credit line",
-                metadata={"held_minor": str(line.held), "outstanding_minor": str(line.outstanding)})
+                metadata={"held_minor": held, "outstanding_minor": outstanding})
         self._check(status, value)
-        logger.info("credit line %s closed by the bank: %s", name, reason)
+        if value == "CLOSED":  # this call closed it (not one before)
+            logger.info("credit line %s closed by the bank: %s", name, reason)
         return await self.get(name)
 
     @staticmethod

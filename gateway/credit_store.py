@@ -71,6 +71,7 @@ redis.call('HSET', k, 'limit', ARGV[5], 'mtime', now)
 return {'OK', ''}
 """)
 
+# ARGV[4] -> ARGV[5]: {'OK', 'CHANGED'}, or {'OK', ''} if already there.
 _SET_STATE = script("""
 local k = base .. ':cl:' .. ARGV[3]
 local state = redis.call('HGET', k, 'state')
@@ -78,12 +79,14 @@ if not state then return {'NOT_FOUND', ''} end
 if state == ARGV[5] then return {'OK', ''} end
 if state ~= ARGV[4] then return {'STATE', state} end
 redis.call('HSET', k, 'state', ARGV[5], 'mtime', now)
-return {'OK', ''}
+return {'OK', 'CHANGED'}
 """)
 
 
 # Closing frees the user's open-line slot; it never strands money, so a
-# line with anything held or outstanding stays open.
+# line with anything held or outstanding stays open. Returns {'OK', 'CLOSED'}
+# when this call closed it, {'OK', ''} when it was closed already, and
+# {'IN_USE', 'held/outstanding'}.
 _CLOSE = script("""
 local clid = ARGV[3]
 local k = base .. ':cl:' .. clid
@@ -92,10 +95,12 @@ local state = line[1]
 if not state then return {'NOT_FOUND', ''} end
 if state == 'CLOSED' then return {'OK', ''} end
 if state ~= 'ACTIVE' and state ~= 'FROZEN' then return {'STATE', state} end
-if tonumber(line[2]) ~= 0 or tonumber(line[3]) ~= 0 then return {'IN_USE', ''} end
+if tonumber(line[2]) ~= 0 or tonumber(line[3]) ~= 0 then
+  return {'IN_USE', line[2] .. '/' .. line[3]}
+end
 redis.call('HSET', k, 'state', 'CLOSED', 'mtime', now)
 if redis.call('GET', base .. ':clopen') == clid then redis.call('DEL', base .. ':clopen') end
-return {'OK', ''}
+return {'OK', 'CLOSED'}
 """)
 
 

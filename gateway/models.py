@@ -100,5 +100,8 @@ class CreditLine:
 
     @property
     def available(self) -> int:
-        # A limit cut below usage leaves nothing available, never a negative.
+        """What can be spent now: nothing unless the line is active, and a limit
+        cut below usage leaves nothing, never a negative."""
+        if self.state is not CreditLineState.ACTIVE:
+            return 0
         return max(0, self.limit - self.held - self.outstanding)

@@ -178,8 +178,9 @@ class BankEventsServicer(bank_events_pb2_grpc.BankEventsServicer):
     ) -> resources_pb2.CreditLine:
         name = self._bank_line(request.name)
         request_id = check_request_id(request.request_id)
-        _bank_reason(request.reason)
-        return credit_line_to_proto(await self._credit.set_frozen(name, True, request_id))
+        reason = _bank_reason(request.reason)
+        return credit_line_to_proto(await self._credit.set_frozen(name, True, request_id,
+                                                                  reason))
 
     async def UnfreezeCreditLine(
         self, request: bank_events_pb2.UnfreezeCreditLineRequest, context: Context

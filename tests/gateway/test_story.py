@@ -120,18 +120,34 @@ def close_request(line: Line, reason: str = "ACCOUNT_CLOSED",
         name=line.name, reason=reason, request_id=request_id or str(uuid.uuid4()))
 
 
-async def test_closed_line_is_final_and_frees_the_user_and_the_card(stack: Stack) -> None:
+async def test_closed_line_is_final_and_frees_the_user_and_the_card(
+        stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
     binding = await bind(stack, "u-3", ALICE)
     sdk = await stack.sdk()
     events, auth = bank_events(stack), bank_auth(stack)
     line = await sdk.activate_credit_line("u-3", binding.name)
-    await events.FreezeCreditLine(bank_events_pb2.FreezeCreditLineRequest(
+    frozen = await events.FreezeCreditLine(bank_events_pb2.FreezeCreditLineRequest(
         name=line.name, reason="RISK_REVIEW", request_id=str(uuid.uuid4())), metadata=auth)
+    assert frozen.available.units_minor == 0  # nothing can be spent on a frozen line
     request = close_request(line)
     closed = await events.CloseCreditLine(request, metadata=auth)
     assert closed.state == Line.STATE_CLOSED
-    assert (await events.CloseCreditLine(request, metadata=auth)) == closed  # replayed
-    assert (await sdk.get_credit_line(line.name)).state == Line.STATE_CLOSED
+    assert (closed.limit.units_minor, closed.available.units_minor) == (500000, 0)
+
+    # The same event again is answered from the record, not re-run.
+    line_key = stack.gateway.keyspace.user(parse_user("tenants/acme/users/u-3")).credit_line(
+        line.name.rsplit("/", 1)[1])
+    await stack.redis.hset(line_key, "mtime", closed.update_time.seconds + 60)
+    assert (await events.CloseCreditLine(request, metadata=auth)) == closed
+    reused = await refused(events.CloseCreditLine(
+        close_request(line, "OTHER_REASON", request.request_id), metadata=auth))
+    assert isinstance(reused, InvalidArgument) and reused.reason == "REQUEST_ID_REUSED"
+    # A new event on a closed line returns it as it is, and logs no second close.
+    again = await events.CloseCreditLine(close_request(line, "AGAIN"), metadata=auth)
+    assert again.state == Line.STATE_CLOSED
+    closes = [r for r in caplog.records if "closed by the bank" in r.getMessage()]
+    assert [r.getMessage().rsplit(": ", 1)[1] for r in closes] == ["ACCOUNT_CLOSED"]
 
     # Final: no bank event brings it back or changes it.
     for call in (
@@ -151,6 +167,7 @@ async def test_closed_line_is_final_and_frees_the_user_and_the_card(stack: Stack
     # The user may apply again, and once that line closes too the card is free.
     second = await sdk.activate_credit_line("u-3", binding.name)
     assert second.name != line.name and second.state == Line.STATE_ACTIVE
+    assert second.available.units_minor == 500000
     await events.CloseCreditLine(close_request(second), metadata=auth)
     assert (await sdk.unbind_binding(binding.name)).state == Binding.STATE_UNBOUND
 
@@ -161,11 +178,13 @@ async def test_a_line_in_use_does_not_close(stack: Stack) -> None:
     line = await sdk.activate_credit_line("u-4", binding.name)
     keys = stack.gateway.keyspace.user(parse_user("tenants/acme/users/u-4"))
     line_key = keys.credit_line(line.name.rsplit("/", 1)[1])
+    requests = []
     for held, outstanding in ((100, 0), (0, 1)):
         # Usage the money issues will add.
         await stack.redis.hset(line_key, mapping={"held": held, "out": outstanding})
+        requests.append(close_request(line))
         error = await refused(bank_events(stack).CloseCreditLine(
-            close_request(line), metadata=bank_auth(stack)))
+            requests[-1], metadata=bank_auth(stack)))
         assert isinstance(error, FailedPrecondition) and error.reason == "CREDIT_LINE_IN_USE"
         assert error.metadata == {"held_minor": str(held),
                                   "outstanding_minor": str(outstanding)}
@@ -173,18 +192,44 @@ async def test_a_line_in_use_does_not_close(stack: Stack) -> None:
     in_use = await refused(sdk.unbind_binding(binding.name))
     assert in_use.reason == "BINDING_IN_USE"
 
+    # Settled: the refused event stays refused (its answer is replayed); a new one closes.
+    await stack.redis.hset(line_key, mapping={"held": 0, "out": 0})
+    replayed = await refused(bank_events(stack).CloseCreditLine(
+        requests[0], metadata=bank_auth(stack)))
+    assert replayed.reason == "CREDIT_LINE_IN_USE" and replayed.metadata["held_minor"] == "100"
+    closed = await bank_events(stack).CloseCreditLine(close_request(line),
+                                                      metadata=bank_auth(stack))
+    assert closed.state == Line.STATE_CLOSED
 
+
+async def test_a_declined_line_does_not_close(stack: Stack) -> None:
+    carol = await bind(stack, "u-5", CAROL)
+    line = await (await stack.sdk()).activate_credit_line("u-5", carol.name)
+    assert line.state == Line.STATE_DECLINED
+    error = await refused(bank_events(stack).CloseCreditLine(close_request(line),
+                                                            metadata=bank_auth(stack)))
+    assert isinstance(error, FailedPrecondition) and error.reason == "CREDIT_LINE_STATE"
+    assert error.metadata["state"] == "DECLINED"
+
+
+@pytest.mark.parametrize("event", ["freeze", "close"])
 @pytest.mark.parametrize("reason", ["", "closed", "CLOSED BY 4111111111111111",
-                                    "_CLOSED", "A" * 65])
-async def test_close_reason_is_a_stable_code(stack: Stack, reason: str) -> None:
+                                    "_CLOSED", "9LIVES", "A" * 65])
+async def test_bank_event_reason_is_a_stable_code(stack: Stack, event: str,
+                                                  reason: str) -> None:
     binding = await bind(stack, "u-8", ALICE)
     line = await (await stack.sdk()).activate_credit_line("u-8", binding.name)
     before = await contents(stack.redis, stack.gateway.keyspace.pattern)
-    error = await refused(bank_events(stack).CloseCreditLine(
-        close_request(line, reason), metadata=bank_auth(stack)))
+    events, auth = bank_events(stack), bank_auth(stack)
+    call = events.CloseCreditLine(close_request(line, reason), metadata=auth) if (
+        event == "close") else events.FreezeCreditLine(bank_events_pb2.FreezeCreditLineRequest(
+            name=line.name, reason=reason, request_id=str(uuid.uuid4())), metadata=auth)
+    error = await refused(call)
     assert isinstance(error, InvalidArgument) and error.reason == "REASON_INVALID"
     assert [v.field for v in error.violations] == ["reason"]
     assert await contents(stack.redis, stack.gateway.keyspace.pattern) == before
+    longest = await events.CloseCreditLine(close_request(line, "A" * 64), metadata=auth)
+    assert longest.state == Line.STATE_CLOSED
 
 
 async def test_list_pages_and_unbind(stack: Stack) -> None:

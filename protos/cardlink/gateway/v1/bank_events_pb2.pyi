@@ -61,7 +61,9 @@ class FreezeCreditLineRequest(_message.Message):
     name: _builtins.str
     """Required. The credit line."""
     reason: _builtins.str
-    """Required. Why, a stable UPPER_SNAKE reason (1 to 64 characters)."""
+    """Required. Why, a stable UPPER_SNAKE code: 1 to 64 characters of A-Z,
+    0-9 and _, starting with a letter (`[A-Z][A-Z0-9_]{0,63}`).
+    """
     request_id: _builtins.str
     """Required. A UUID4 (the bank's event id)."""
     def __init__(
@@ -117,7 +119,9 @@ class CloseCreditLineRequest(_message.Message):
     name: _builtins.str
     """Required. The credit line."""
     reason: _builtins.str
-    """Required. Why, a stable UPPER_SNAKE reason (1 to 64 characters)."""
+    """Required. Why, a stable UPPER_SNAKE code: 1 to 64 characters of A-Z,
+    0-9 and _, starting with a letter (`[A-Z][A-Z0-9_]{0,63}`).
+    """
     request_id: _builtins.str
     """Required. A UUID4 (the bank's event id)."""
     def __init__(

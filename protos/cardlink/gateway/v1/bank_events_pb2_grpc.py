@@ -87,10 +87,14 @@ class BankEventsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CloseCreditLine(self, request, context):
-        """Closes an active or frozen credit line (`:close`), for good. Refused
-        (FAILED_PRECONDITION CREDIT_LINE_IN_USE) while money is held or
-        outstanding on it: freeze it until that is settled. Once closed, its
-        binding may be unbound and the user may apply for a new line.
+        """Closes an active or frozen credit line (`:close`), for good; a line
+        closed already is returned as it is. Refused (FAILED_PRECONDITION
+        CREDIT_LINE_IN_USE, with the amounts) while money is held or outstanding
+        on it: freeze it until that is settled, then send a new event (a new
+        request_id: the refusal is that event's answer and is replayed). A line
+        still awaiting the bank's decision is refused ABORTED: retry the same
+        event. Once closed, its binding may be unbound and the user may apply
+        for a new line.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,10 +45,14 @@ class BankEventsStub:
     UnfreezeCreditLine: _grpc.UnaryUnaryMultiCallable[_bank_events_pb2.UnfreezeCreditLineRequest, _resources_pb2.CreditLine]
     """Unfreezes a frozen credit line (`:unfreeze`)."""
     CloseCreditLine: _grpc.UnaryUnaryMultiCallable[_bank_events_pb2.CloseCreditLineRequest, _resources_pb2.CreditLine]
-    """Closes an active or frozen credit line (`:close`), for good. Refused
-    (FAILED_PRECONDITION CREDIT_LINE_IN_USE) while money is held or
-    outstanding on it: freeze it until that is settled. Once closed, its
-    binding may be unbound and the user may apply for a new line.
+    """Closes an active or frozen credit line (`:close`), for good; a line
+    closed already is returned as it is. Refused (FAILED_PRECONDITION
+    CREDIT_LINE_IN_USE, with the amounts) while money is held or outstanding
+    on it: freeze it until that is settled, then send a new event (a new
+    request_id: the refusal is that event's answer and is replayed). A line
+    still awaiting the bank's decision is refused ABORTED: retry the same
+    event. Once closed, its binding may be unbound and the user may apply
+    for a new line.
     """
 
 @_typing.type_check_only
@@ -67,10 +71,14 @@ class BankEventsAsyncStub(BankEventsStub):
     UnfreezeCreditLine: _aio.UnaryUnaryMultiCallable[_bank_events_pb2.UnfreezeCreditLineRequest, _resources_pb2.CreditLine]  # type: ignore[assignment]
     """Unfreezes a frozen credit line (`:unfreeze`)."""
     CloseCreditLine: _aio.UnaryUnaryMultiCallable[_bank_events_pb2.CloseCreditLineRequest, _resources_pb2.CreditLine]  # type: ignore[assignment]
-    """Closes an active or frozen credit line (`:close`), for good. Refused
-    (FAILED_PRECONDITION CREDIT_LINE_IN_USE) while money is held or
-    outstanding on it: freeze it until that is settled. Once closed, its
-    binding may be unbound and the user may apply for a new line.
+    """Closes an active or frozen credit line (`:close`), for good; a line
+    closed already is returned as it is. Refused (FAILED_PRECONDITION
+    CREDIT_LINE_IN_USE, with the amounts) while money is held or outstanding
+    on it: freeze it until that is settled, then send a new event (a new
+    request_id: the refusal is that event's answer and is replayed). A line
+    still awaiting the bank's decision is refused ABORTED: retry the same
+    event. Once closed, its binding may be unbound and the user may apply
+    for a new line.
     """
 
 class BankEventsServicer(metaclass=_abc_1.ABCMeta):
@@ -110,10 +118,14 @@ class BankEventsServicer(metaclass=_abc_1.ABCMeta):
         request: _bank_events_pb2.CloseCreditLineRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.CreditLine, _abc.Awaitable[_resources_pb2.CreditLine]]:
-        """Closes an active or frozen credit line (`:close`), for good. Refused
-        (FAILED_PRECONDITION CREDIT_LINE_IN_USE) while money is held or
-        outstanding on it: freeze it until that is settled. Once closed, its
-        binding may be unbound and the user may apply for a new line.
+        """Closes an active or frozen credit line (`:close`), for good; a line
+        closed already is returned as it is. Refused (FAILED_PRECONDITION
+        CREDIT_LINE_IN_USE, with the amounts) while money is held or outstanding
+        on it: freeze it until that is settled, then send a new event (a new
+        request_id: the refusal is that event's answer and is replayed). A line
+        still awaiting the bank's decision is refused ABORTED: retry the same
+        event. Once closed, its binding may be unbound and the user may apply
+        for a new line.
         """
 
 def add_BankEventsServicer_to_server(servicer: BankEventsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -268,8 +268,9 @@ class CreditLine(_message.Message):
 
     @_builtins.property
     def available(self) -> Global___Money:
-        """Output only. limit - held - outstanding, never below zero (a limit cut
-        below what is in use leaves it at zero).
+        """Output only. What can be spent now: limit - held - outstanding while the
+        line is active, never below zero (a limit cut below what is in use
+        leaves it at zero); zero in every other state.
         """
 
     @_builtins.property
