@@ -22,6 +22,13 @@ from common.redis_runtime import PrivateRedis
 from tests.support.vault import VaultHandle, running_vault
 
 
+@pytest.fixture(autouse=True)
+def _own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A test never reads the state folder `make run` left on this machine
+    # (the key tool falls back to its development key there).
+    monkeypatch.setenv("CARDLINK_STATE_DIR", str(tmp_path / "state"))
+
+
 def _with_db(url: str, db: int) -> str:
     parse_url: Any = redis.connection.parse_url  # untyped in redis-py
     pool_kwargs = parse_url(url)
