@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cardlink.vault.v1 import admin_pb2
+from clients.keytool._custodian import CustodianError, SealedShareFile, open_share
 from common.clock import ManualClock
 from common.grpc_errors import error_from_rpc
 from tests.support.identities import Identities
@@ -26,7 +27,6 @@ from tests.vault.test_unseal import (
     unseal,
 )
 from vault.audit import audit_key
-from vault.crypto import DecryptionFailed, open_custodian_share
 
 
 def assert_nowhere(secrets: list[str], *texts: str) -> None:
@@ -41,6 +41,12 @@ async def init_reply(vault: Any, keys: list[bytes], k: int = 2,
     reply: admin_pb2.InitRootResponse = await vault.admin.InitRoot(admin_pb2.InitRootRequest(
         threshold=k, share_count=n, custodian_public_keys=keys), metadata=vault.security())
     return reply
+
+
+def as_addressed_to(sealed: Any, key: X25519PrivateKey) -> SealedShareFile:
+    """A sealed share whose file names ``key`` as its custodian: only the
+    cryptography can then refuse it."""
+    return SealedShareFile(key.public_key().public_bytes_raw(), sealed.ciphertext)
 
 
 async def audit_text(redis_client: aioredis.Redis, prefix: str) -> str:
@@ -60,11 +66,12 @@ async def test_each_sealed_share_opens_only_for_its_custodian_and_k_of_them_unse
         assert not reply.shares and len(reply.sealed_shares) == 3
         shares = open_shares(reply.sealed_shares, keys)
         assert len(set(shares)) == 3
-        # Another custodian's key (or a stranger's) opens nothing.
+        # Another custodian's key (or a stranger's) opens nothing, even past the
+        # key tool's check of whose share it is.
         for i, sealed in enumerate(reply.sealed_shares):
             for other in [*keys[:i], *keys[i + 1:], X25519PrivateKey.generate()]:
-                with pytest.raises(DecryptionFailed):
-                    open_custodian_share(other.private_bytes_raw(), sealed.ciphertext)
+                with pytest.raises(CustodianError, match="did not open"):
+                    open_share(as_addressed_to(sealed, other), other)
         wire = reply.SerializeToString()
         assert all(s.encode() not in wire for s in shares)
 
@@ -82,8 +89,8 @@ async def test_each_sealed_share_opens_only_for_its_custodian_and_k_of_them_unse
         assert done.complete and not done.shares
         rekeyed = open_shares(done.sealed_shares, new_keys)
         assert all(s.encode() not in done.SerializeToString() for s in rekeyed)
-        with pytest.raises(DecryptionFailed):
-            open_custodian_share(keys[0].private_bytes_raw(), done.sealed_shares[0].ciphertext)
+        with pytest.raises(CustodianError, match="did not open"):
+            open_share(as_addressed_to(done.sealed_shares[0], keys[0]), keys[0])
 
         logs = caplog.text + "\n".join(r.getMessage() for r in caplog.records)
         assert_nowhere(shares + rekeyed, logs, await audit_text(redis_client, key_prefix))

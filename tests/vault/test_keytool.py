@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from clients.keytool import main
+from clients.keytool._custodian import open_share, parse_sealed_share, read_private_key
 from common.clock import ManualClock
 from tests.support.identities import SECURITY_SCOPES, Identities
 from tests.support.vault import VaultHandle, running_vault
@@ -22,7 +23,6 @@ from tests.vault.test_audit_chain import cut_back_to
 from tests.vault.test_lifecycle_rewrap import fill
 from vault.audit import audit_key
 from vault.config import VaultMode
-from vault.crypto import open_custodian_share
 
 
 async def keytool(vault: VaultHandle, *argv: str, token: str | None = None) -> int:
@@ -214,11 +214,10 @@ async def test_production_ceremony_with_the_tool(redis_url: str, key_prefix: str
                              clock=clock, identities=identities) as vault:
         assert await keytool(vault, "unseal", "--share-file", str(new / "bob.share"),
                              "--custodian-key", str(custody / "bob.key")) == 4
-        sealed = json.loads((new / "alice.share").read_text())
-        key = serialization.load_pem_private_key((custody / "alice.key").read_bytes(),
-                                                 PASSPHRASE.encode())
-        mnemonic = open_custodian_share(key.private_bytes_raw(),  # type: ignore[union-attr]
-                                        base64.b64decode(sealed["ciphertext"])).decode()
+        sealed = parse_sealed_share((new / "alice.share").read_text())
+        key = read_private_key(custody / "alice.key", lambda: PASSPHRASE).key
+        assert sealed is not None
+        mnemonic = open_share(sealed, key)
         clear = tmp_path / "alice-clear.txt"
         clear.write_text(mnemonic + "\n")
         assert await keytool(vault, "unseal", "--share-file", str(clear)) == 0

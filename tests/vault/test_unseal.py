@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shamir_mnemonic import Share
 
 from cardlink.vault.v1 import admin_pb2, vault_pb2
+from clients.keytool._custodian import SealedShareFile, open_share
 from common.clock import ManualClock
 from common.grpc_errors import error_from_rpc
 from tests.support.cards import card
@@ -24,7 +25,6 @@ from tests.support.identities import Identities
 from tests.support.vault import VaultHandle, running_vault
 from vault.audit import audit_key
 from vault.config import VaultMode
-from vault.crypto import open_custodian_share
 from vault.unseal import split_root
 
 K, N = 3, 5
@@ -66,7 +66,7 @@ def public_keys(keys: list[X25519PrivateKey]) -> list[bytes]:
 def open_shares(sealed: Any, keys: list[X25519PrivateKey]) -> list[str]:
     """What each custodian does with their own sealed share and private key."""
     assert [s.custodian_public_key for s in sealed] == public_keys(keys)
-    return [open_custodian_share(k.private_bytes_raw(), s.ciphertext).decode()
+    return [open_share(SealedShareFile(s.custodian_public_key, s.ciphertext), k)
             for s, k in zip(sealed, keys, strict=True)]
 
 

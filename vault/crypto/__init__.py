@@ -6,8 +6,8 @@
 - ``FingerprintKey.fingerprint``: HMAC-SHA256 of a PAN under a per-tenant key.
 - ``SealingKey.open`` / ``seal``: HPKE (RFC 9180) base mode,
   DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM.
-- ``seal_custodian_share`` / ``open_custodian_share``: HPKE, same suite,
-  of one root-key share to its custodian's X25519 key.
+- ``seal_custodian_share``: HPKE, same suite, of one root-key share to its
+  custodian's X25519 key (the key tool opens it, on the custodian's side).
 - ``SigningKey.sign_key_set`` / ``verify_key_set``: Ed25519 over the key set.
 - ``RootKey.wrap/unwrap``: versioned key material at rest in Redis.
 - ``AuditMacKey.mac``: the audit log's keyed hash chain (HMAC-SHA256).
@@ -23,7 +23,6 @@ from vault.crypto._asymmetric import (
     SealingKey,
     SigningKey,
     custodian_key_usable,
-    open_custodian_share,
     seal,
     seal_custodian_share,
     sealing_info,
@@ -57,7 +56,6 @@ __all__ = [
     "SigningKey",
     "custodian_key_usable",
     "new_symmetric_key",
-    "open_custodian_share",
     "record_aad",
     "seal",
     "seal_custodian_share",

@@ -77,16 +77,6 @@ def custodian_key_usable(public_key: bytes) -> bool:
     return True
 
 
-def open_custodian_share(private_key: bytes, sealed: bytes) -> bytes:
-    """Open a sealed share with the custodian's raw X25519 private key, or
-    :class:`DecryptionFailed` (what the key tool does, on the custodian's side)."""
-    try:
-        key = X25519PrivateKey.from_private_bytes(private_key)
-        return SUITE.decrypt(sealed, key, info=CUSTODIAN_SHARE_INFO)
-    except (InvalidTag, ValueError):
-        raise DecryptionFailed("sealed share did not open") from None
-
-
 class SealingKey:
     """An HPKE X25519 private key with its key id."""
 
