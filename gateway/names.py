@@ -10,10 +10,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import uuid
 from dataclasses import dataclass
 
 from common.errors import invalid_field
+from common.request_ids import is_uuid4
 
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _BINDING_RE = re.compile(r"bnd_[a-z2-7]{26}")
@@ -98,11 +98,7 @@ def derived_id(kind: str, *parts: str) -> str:
 
 
 def check_request_id(value: str, field: str = "request_id") -> str:
-    """A UUID4 in canonical form (AIP-155), or INVALID_ARGUMENT."""
-    try:
-        parsed = uuid.UUID(value)
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.version != 4 or str(parsed) != value.lower():
+    """A UUID4 in canonical form (AIP-155), lowercased, or INVALID_ARGUMENT."""
+    if not is_uuid4(value):
         raise invalid_field(field, "must be a UUID4", "REQUEST_ID_INVALID")
-    return str(parsed)
+    return value.lower()

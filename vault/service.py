@@ -6,7 +6,6 @@ Plain async Python over the keyring, the store and the audit log. Raises
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from common.errors import (
     invalid_field,
 )
 from common.logging import redact
+from common.request_ids import is_uuid4
 from vault.access import TENANT_MISMATCH
 from vault.audit import (
     DELETE,
@@ -192,15 +192,7 @@ def _reason_loggable(reason: str) -> bool:
 
 def request_id_valid(request_id: str) -> bool:
     """Empty, or a UUID4 in its canonical hyphenated spelling (any letter case)."""
-    if not request_id:
-        return True
-    if len(request_id) != 36:
-        return False
-    try:
-        parsed = uuid.UUID(request_id)
-    except ValueError:
-        return False
-    return parsed.version == 4 and str(parsed) == request_id.lower()
+    return not request_id or is_uuid4(request_id)
 
 
 def check_request_id(request_id: str) -> str:
