@@ -7,7 +7,6 @@ gRPC transport is ``vault.admin_servicer``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from vault.audit import (
     Checkpoint,
     Verification,
 )
+from vault.crypto import custodian_fingerprint
 from vault.keyring import EntryInfo, Keyring
 from vault.lifecycle import KeyLifecycle, KeyringStatus
 from vault.rewrap import Rewrapper, RewrapProgress
@@ -217,7 +217,7 @@ class KeyAdminService:
 def _share_detail(threshold: int, count: int, keys: Sequence[bytes]) -> str:
     """k, n and which custodian keys the new shares are sealed to (SHA-256 prefixes
     of the public keys: the audit log says who can open them)."""
-    custodians = ",".join(hashlib.sha256(key).hexdigest()[:16] for key in keys[:32])
+    custodians = ",".join(custodian_fingerprint(key) for key in keys[:32])
     return f"threshold={threshold} shares={count} custodians={custodians or '-'}"
 
 

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cardlink.vault.v1 import admin_pb2
-from clients.keytool._custodian import CustodianError, SealedShareFile, open_share
+from clients.keytool._custodian import CustodianError, SealedShareFile, fingerprint, open_share
 from common.clock import ManualClock
 from common.grpc_errors import error_from_rpc
 from tests.support.identities import Identities
@@ -79,6 +79,11 @@ async def test_each_sealed_share_opens_only_for_its_custodian_and_k_of_them_unse
         assert not (await unseal(vault, shares[0])).sealed
         name = await tokenize(vault)
         assert (await detokenize(vault, name)).pan
+        # The init entry (chained at unseal) names each custodian key as
+        # keygen-custodian printed it.
+        audited = await audit_text(redis_client, key_prefix)
+        named = ",".join(fingerprint(key) for key in public_keys(keys))
+        assert f"custodians={named}'" in audited
 
         # Rekey: the completing reply carries sealed shares only, too.
         new_keys = custodian_keys(2)

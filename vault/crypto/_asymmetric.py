@@ -49,6 +49,11 @@ def _key_id(prefix: str, public_key: bytes) -> str:
     return prefix + hashlib.sha256(public_key).hexdigest()[:16]
 
 
+def custodian_fingerprint(public_key: bytes) -> str:
+    """How the audit log names a custodian key (what ``keygen-custodian`` prints)."""
+    return _key_id("", public_key)
+
+
 def seal(public_key: bytes, plaintext: bytes, *, tenant: str) -> bytes:
     """Seal ``plaintext`` to a raw X25519 public key (what a partner client does)."""
     recipient = X25519PublicKey.from_public_bytes(public_key)
