@@ -36,7 +36,13 @@ from redis.asyncio import Redis
 from shamir_mnemonic import MnemonicError, Share, combine_mnemonics, generate_mnemonics
 
 from common.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument
-from vault.crypto import RootKey, custodian_key_usable, new_symmetric_key, seal_custodian_share
+from vault.crypto import (
+    CUSTODIAN_KEY_SIZE,
+    RootKey,
+    custodian_key_usable,
+    new_symmetric_key,
+    seal_custodian_share,
+)
 from vault.keyring import (
     GENERATION_FIELD,
     ROOT_FIELD,
@@ -60,7 +66,6 @@ ALREADY_UNSEALED = "ALREADY_UNSEALED"
 KEYRING_BUSY = "KEYRING_BUSY"
 CUSTODIAN_KEYS_INVALID = "CUSTODIAN_KEYS_INVALID"
 CUSTODIAN_KEYS_FIELD = "custodian_public_keys"
-CUSTODIAN_KEY_SIZE = 32
 
 SHARES_ID_FIELD = "shares:id"
 SHARES_THRESHOLD_FIELD = "shares:threshold"

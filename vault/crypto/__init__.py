@@ -17,6 +17,7 @@ Every failure to open raises :class:`DecryptionFailed`; nothing returns None.
 
 from vault.crypto._asymmetric import (
     AEAD_ID,
+    CUSTODIAN_KEY_SIZE,
     CUSTODIAN_SHARE_INFO,
     KDF_ID,
     KEM_ID,
@@ -42,6 +43,7 @@ from vault.crypto._symmetric import (
 
 __all__ = [
     "AEAD_ID",
+    "CUSTODIAN_KEY_SIZE",
     "CUSTODIAN_SHARE_INFO",
     "KDF_ID",
     "KEM_ID",
