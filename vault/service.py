@@ -316,7 +316,9 @@ class VaultService:
                 continue  # token collision: draw another
             # A known card: never rewritten (a repeated or hostile tokenize must not
             # replace someone's holder details); answer with what is stored.
-            shown = await self._store.load_display(tenant, outcome.existing_token)
+            shown = outcome.existing
+            if shown is None:
+                shown = await self._store.load_display(tenant, outcome.existing_token)
             if shown is not None:
                 return TokenizeResult(TokenRecord(tenant, outcome.existing_token, shown.display,
                                                   shown.create_time, shown.update_time),

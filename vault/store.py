@@ -41,22 +41,31 @@ end
 
 # A new card: if no fingerprint mapping (of any live fingerprint version)
 # names a token yet, claim the current one and write the record, atomically.
-# A known card is never rewritten: the reply names its token, whose display
-# data the caller then reads. Reading it here would save that round trip but
-# touch a key the script cannot declare (the token is unknown until the
-# mapping is read), which Redis Cluster and Redis-compatible servers do not
-# promise to allow.
+# A known card is never rewritten: the reply carries the existing token's
+# stored display fields instead (read in the same call, so no second round
+# trip). Its record key is built here from ARGV[2] (the tenant's record-key
+# prefix); it shares the tenant's hash tag, so it is in this script's slot.
 # KEYS: record, counts, fp keys (current version first). ARGV: token,
-# field, value, ... Returns {1} when created, {0, token} for a known card,
-# {2} when the fresh token collides.
+# record-key prefix, field, value, ... Returns {1} when created,
+# {0, token, index, display fields...} for an existing card (index into the
+# fp keys, 0-based; display fields in DISPLAY order, absent if the record is
+# missing), {2} when the fresh token collides.
 _INSERT_NEW = _COUNT + """
 for i = 3, #KEYS do
   local existing = redis.call('GET', KEYS[i])
-  if existing then return {0, existing} end
+  if existing then
+    local reply = {0, existing, i - 3}
+    local shown = redis.call('HMGET', ARGV[2] .. existing, 'bin', 'last4', 'brand', 'exp_m',
+                             'exp_y', 'mname', 'mphone', 'ctime', 'mtime')
+    if shown[1] then
+      for j = 1, #shown do reply[#reply + 1] = shown[j] end
+    end
+    return reply
+  end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {2} end
 redis.call('SET', KEYS[3], ARGV[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 local v = redis.call('HMGET', KEYS[1], 'kek', 'fpv')
 count(v[1], v[2], 1)
 return {1}
@@ -153,12 +162,14 @@ class StoredDisplay:
 
 @dataclass(frozen=True, slots=True)
 class InsertOutcome:
-    """``created``, or the token the card already has (``existing_token``), or
-    a ``collision`` of the fresh token with another record."""
+    """``created``, or the token the card already has, which fp key named it
+    and its stored display data (None if its record was missing)."""
 
     created: bool
     existing_token: str | None = None
+    fingerprint_index: int = 0
     collision: bool = False
+    existing: StoredDisplay | None = None
 
 
 def _text(value: bytes | str) -> str:
@@ -224,12 +235,15 @@ class VaultStore:
                 *fingerprint_keys]
         with redis_errors():
             reply = await self._insert_new(
-                keys=keys, args=[record.token, *record.fields()])
+                keys=keys, args=[record.token, self.record_key(record.tenant, ""),
+                                 *record.fields()])
         if reply[0] == 1:
             return InsertOutcome(created=True)
         if reply[0] == 2:
             return InsertOutcome(created=False, collision=True)
-        return InsertOutcome(False, _text(reply[1]))
+        shown = reply[3:]
+        existing = _display(shown) if len(shown) == len(_DISPLAY_FIELDS) else None
+        return InsertOutcome(False, _text(reply[1]), int(reply[2]), existing=existing)
 
     async def load_display(self, tenant: str, token: str) -> StoredDisplay | None:
         with redis_errors():
