@@ -12,11 +12,13 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import queue
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -242,8 +244,15 @@ def stack_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+# Upper bounds, not waits: a loaded CI machine running the suite on every
+# core may take many seconds to start Python processes and a Redis server.
+START_BOUND_S = 60.0
+STOP_BOUND_S = 60.0
+
+
 class Stack:
-    """A devstack subprocess whose output is read line by line."""
+    """A devstack subprocess whose output a thread reads line by line, so that a
+    wait for a line keeps its deadline even when no line comes."""
 
     def __init__(self, command: list[str], env: dict[str, str]) -> None:
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter
@@ -255,23 +264,55 @@ class Stack:
             text=True,
         )
         self.lines: list[str] = []
+        self._fresh: queue.Queue[str | None] = queue.Queue()  # None: output ended
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def wait_for(self, text: str, timeout: float = 20.0) -> None:
+    def _read(self) -> None:
         assert self.process.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line:
-                break
+        for line in self.process.stdout:
             self.lines.append(line)
+            self._fresh.put(line)
+        self._fresh.put(None)
+
+    def wait_for(self, text: str, timeout: float = START_BOUND_S) -> None:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._fresh.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                break
             if text in line:
                 return
-        self.process.kill()
-        pytest.fail(f"no {text!r} in devstack output:\n{''.join(self.lines)}")
+        self.stop()
+        pytest.fail(f"no {text!r} in devstack output:\n{self.output()}")
 
-    def finish(self, timeout: float = 20.0) -> tuple[int, str]:
-        out, _ = self.process.communicate(timeout=timeout)
-        return self.process.returncode, "".join(self.lines) + out
+    def finish(self, timeout: float = STOP_BOUND_S) -> tuple[int, str]:
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            pytest.fail(f"the devstack did not exit within {timeout:.0f} s:\n{self.output()}")
+        self._reader.join(timeout=STOP_BOUND_S)
+        return code, self.output()
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def stop(self) -> None:
+        """Stop a stack still running the way Ctrl-C would, so that it stops its
+        own children; killed only if it does not. (A killed supervisor would
+        leave its services and Redis running.)"""
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=STOP_BOUND_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 @pytest.fixture
@@ -279,9 +320,7 @@ def stacks() -> Iterator[list[Stack]]:
     started: list[Stack] = []
     yield started
     for stack in started:  # a failed test must not leave processes behind
-        if stack.process.poll() is None:
-            stack.process.kill()
-            stack.process.wait()
+        stack.stop()
 
 
 def test_stack_starts_reports_ready_and_stops_cleanly_on_ctrl_c(
@@ -323,7 +362,7 @@ def test_a_child_that_dies_stops_everything_with_an_error(
     stack_env["FAKE_EXIT_AFTER_S"] = "2"
     stack = Stack(_devstack_command(f"({FAKE},)"), stack_env)
     stacks.append(stack)
-    code, output = stack.finish(timeout=30)
+    code, output = stack.finish()
     assert code == 1, output
     assert "fake exited unexpectedly (exit code 3)" in output
     assert "fake: crashing on purpose" in output  # the log tail is shown
@@ -336,7 +375,7 @@ def test_a_child_that_fails_to_start_is_reported(
     stack_env["FAKE_EXIT_AFTER_S"] = "0"
     stack = Stack(_devstack_command(f"({FAKE},)"), stack_env)
     stacks.append(stack)
-    code, output = stack.finish(timeout=30)
+    code, output = stack.finish()
     assert code == 1, output
     assert "fake exited during start-up" in output
     assert READY not in output
@@ -366,7 +405,7 @@ def test_make_run_brings_up_the_real_stack(stack_env: dict[str, str], stacks: li
     stack_env["CARDLINK_GATEWAY_LISTEN"] = f"127.0.0.1:{_free_port()}"
     stack = Stack([sys.executable, "-m", "common.devstack"], stack_env)
     stacks.append(stack)
-    stack.wait_for(READY, timeout=30)
+    stack.wait_for(READY)
     stack.process.send_signal(signal.SIGINT)
     code, output = stack.finish()
     assert code == 0, output
