@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import queue
+import random
 import signal
 import socket
 import stat
@@ -214,11 +215,31 @@ def test_module_available() -> None:
 # --------------------------------------------------------------------------
 
 
+def _ephemeral_ports() -> range:
+    low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    return range(int(low), int(high) + 1)
+
+
 def _free_port() -> int:
-    with socket.socket() as probe:
+    """A free port below the kernel's ephemeral range.
+
+    Servers in other tests bind port 0 and get an ephemeral port, possibly one
+    probed free a moment before; gRPC binds with SO_REUSEPORT, so the stack's
+    service would then share its port with a stranger, and the stack's health
+    check could reach the stranger. Below the range, no bind to port 0 lands.
+    """
+    below = range(10_000, _ephemeral_ports().start)
+    for port in random.sample(below, min(len(below), 100)):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use
+            return port
+    with socket.socket() as probe:  # a system whose ephemeral range starts low
         probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+        ephemeral: int = probe.getsockname()[1]
+        return ephemeral
 
 
 def _devstack_command(services: str) -> list[str]:
