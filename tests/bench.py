@@ -90,6 +90,12 @@ class Measured:
     server_us_per_call: float
     loop_us_per_call: float
 
+    @property
+    def loop_busy(self) -> float:
+        """Share of the time the event-loop thread ran: near 1, that thread bounds
+        the server; well below, something else does (the echo: the whole machine)."""
+        return self.loop_us_per_call * self.result.calls_per_s / 1e6
+
 
 def _load(scenario: Scenario, server_pid: int) -> Measured:
     process, loop_thread = (Path(f"/proc/{server_pid}/stat"),
@@ -168,15 +174,16 @@ async def _vault_scenarios(address: str, identities: Identities,
     }
 
 
-def _cpu(measured: Measured) -> dict[str, int]:
+def _cpu(measured: Measured) -> dict[str, float]:
     return {"server_us_per_call": round(measured.server_us_per_call),
-            "loop_thread_us_per_call": round(measured.loop_us_per_call)}
+            "loop_thread_us_per_call": round(measured.loop_us_per_call),
+            "loop_thread_busy": round(measured.loop_busy, 3)}
 
 
 def _report(results: list[Rounds]) -> dict[str, object]:
     print(f"{'call':<12}{'calls/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'errors':>7}{'echo/s':>8}"
           f"{'ratio':>7}{'target':>7}      {'server µs/call (echo)':>22}"
-          f"{'loop thread µs/call (echo)':>28}")
+          f"{'loop thread µs/call (echo)':>28}{'loop busy (echo)':>18}")
     calls: dict[str, object] = {}
     for rounds in results:
         paired = rounds.median
@@ -186,7 +193,8 @@ def _report(results: list[Rounds]) -> dict[str, object]:
               f"{paired.echo.result.calls_per_s:>8.0f}{paired.ratio:>7.2f}{target:>7.2f} "
               f"{verdict:<4} {paired.call.server_us_per_call:>12.0f} "
               f"({paired.echo.server_us_per_call:.0f}) {paired.call.loop_us_per_call:>18.0f} "
-              f"({paired.echo.loop_us_per_call:.0f})")
+              f"({paired.echo.loop_us_per_call:.0f}) {paired.call.loop_busy:>10.0%} "
+              f"({paired.echo.loop_busy:.0%})")
         calls[r.name] = {**r.as_dict(), **_cpu(paired.call),
                          "echo": {**paired.echo.result.as_dict(), **_cpu(paired.echo)},
                          "ratio": round(paired.ratio, 3), "round_ratios": rounds.ratios,
