@@ -88,6 +88,11 @@ def _parser() -> argparse.ArgumentParser:
                                help="a custodian's X25519 key pair: NAME.key and NAME.pub")
     custodian.add_argument("--out", type=Path, required=True, metavar="NAME",
                            help="writes NAME.key (0600, private) and NAME.pub (base64)")
+    check = sub.add_parser("check-share", help="open your sealed share file locally (no "
+                           "vault) and check that it holds a share")
+    check.add_argument("--share-file", type=Path, required=True)
+    check.add_argument("--custodian-key", type=Path, required=True, metavar="NAME.key",
+                       help="your custodian private key")
     return parser
 
 
@@ -119,6 +124,11 @@ def _key_file(args: argparse.Namespace) -> Path:
                                "`make run` first for a development key")
 
 
+# Commands that need no vault (and so no credential).
+_OFFLINE = {"keygen": _commands.keygen, "keygen-custodian": _commands.keygen_custodian,
+            "check-share": _commands.check_share}
+
+
 def _bearer(args: argparse.Namespace) -> str:
     if args.token:
         return str(args.token)
@@ -129,10 +139,9 @@ def _bearer(args: argparse.Namespace) -> str:
 
 
 async def _run(args: argparse.Namespace, out: Output) -> int:
-    if args.command == "keygen":
-        return _commands.keygen(args, out)
-    if args.command == "keygen-custodian":
-        return _commands.keygen_custodian(args, out)
+    offline = _OFFLINE.get(args.command)
+    if offline is not None:
+        return offline(args, out)
     token = _bearer(args)
     async with grpc.aio.insecure_channel(
             args.address, interceptors=bearer_interceptors(lambda: token)) as channel:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from shamir_mnemonic import MnemonicError, Share
 
 from cardlink.vault.v1 import admin_pb2, admin_pb2_grpc
 from clients.keytool import _custodian, _exit
@@ -261,6 +262,26 @@ def keygen_custodian(args: argparse.Namespace, out: Output) -> int:
                 "public_key": encoded, "fingerprint": fp},
                f"wrote {key_file} (0600, keep it; it opens your share) and {pub_file}:\n"
                f"{encoded}\nfingerprint {fp}: check it in the audit log of init/rekey")
+    return _exit.OK
+
+
+def check_share(args: argparse.Namespace, out: Output) -> int:
+    """Open your sealed share locally and check that it holds a share; no vault
+    needed. Run when the file reaches you: a share sealed to a key that is not
+    yours (a substituted public key at init or rekey) shows at once, not at the
+    next unseal."""
+    mnemonic = read_share(args.share_file, args.custodian_key, out)
+    try:
+        share = Share.from_mnemonic(mnemonic)
+    except (MnemonicError, ValueError):
+        raise UsageError(f"{args.share_file} opens with your key but holds no valid share "
+                         "(damaged)") from None
+    number = share.index + 1  # SLIP-39 numbers members from 0
+    out.result({"opens": True, "share_set": share.identifier, "share": number,
+                "threshold": share.member_threshold},
+               f"{args.share_file} opens with your key: share {number} of share set "
+               f"{share.identifier}, which opens the vault with {share.member_threshold} "
+               "shares. Compare the share set with the other custodians'.")
     return _exit.OK
 
 

@@ -172,6 +172,39 @@ async def test_production_ceremony_with_the_tool(redis_url: str, key_prefix: str
         files = {f.name: f for f in shares.iterdir()}
         assert sorted(files) == ["alice.share", "bob.share", "carol.share"]
         assert all(f.stat().st_mode & 0o077 == 0 for f in files.values())
+        # Each custodian checks the file that reached them, offline (no address, no
+        # credential): theirs opens, all from one share set; another's key is named.
+        checked, check_out = [], ""
+        for name in names:
+            assert await asyncio.to_thread(main, [
+                "--address", "127.0.0.1:9", "--json", "check-share", "--share-file",
+                str(files[f"{name}.share"]), "--custodian-key", str(custody / f"{name}.key")
+            ]) == 0
+            check = capsys.readouterr()
+            check_out += check.out + check.err
+            checked.append(last_json(check.out))
+        assert {c["share_set"] for c in checked} == {checked[0]["share_set"]}
+        assert sorted(c["share"] for c in checked) == [1, 2, 3]  # type: ignore[type-var]
+        assert {c["threshold"] for c in checked} == {2}
+        assert await keytool(vault, "check-share", "--share-file", str(files["alice.share"]),
+                             "--custodian-key", str(custody / "alice.key")) == 0
+        check = capsys.readouterr()
+        assert f"share set {checked[0]['share_set']}" in check.out
+        check_out += check.out + check.err
+        alice_share = parse_sealed_share(files["alice.share"].read_text())
+        assert alice_share is not None
+        words = open_share(alice_share, read_private_key(custody / "alice.key",
+                                                         lambda: PASSPHRASE).key).split()
+        assert " ".join(words[:4]) not in check_out  # the check never shows the share
+        assert await keytool(vault, "check-share", "--share-file", str(files["alice.share"]),
+                             "--custodian-key", str(custody / "bob.key")) == 2
+        assert "another custodian" in capsys.readouterr().err
+        damaged = tmp_path / "damaged.share"
+        damaged.write_text(files["alice.share"].read_text().replace('"ciphertext": "',
+                                                                    '"ciphertext": "AAAA'))
+        assert await keytool(vault, "check-share", "--share-file", str(damaged),
+                             "--custodian-key", str(custody / "alice.key")) == 2
+        assert "did not open" in capsys.readouterr().err
         # A sealed share needs its custodian's key: without one, or with another's, refused.
         assert await keytool(vault, "unseal", "--share-file", str(files["alice.share"])) == 2
         assert "--custodian-key" in capsys.readouterr().err
