@@ -28,7 +28,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -432,7 +431,30 @@ def _publish(child: Child, state: Path) -> None:
     (state / file_name).write_text(result.stdout)
 
 
-def _wait_healthy(child: Child, stopping: threading.Event) -> bool:
+class StopRequest:
+    """Set by the SIGINT/SIGTERM handler, waited on by the supervisor's loops.
+
+    Not a threading.Event: a handler runs in the main thread between two
+    bytecodes, and one that lands while that thread holds the Event's own lock
+    (inside ``wait``) deadlocks on it in ``set``, leaving `make run` deaf to
+    Ctrl-C. A plain attribute needs no lock, and ``time.sleep`` returns within
+    its period after a handler has run.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds`` unless a stop is already requested; whether one is."""
+        if not self.requested:
+            time.sleep(seconds)
+        return self.requested
+
+
+def _wait_healthy(child: Child, stopping: StopRequest) -> bool:
     """True once the child reports SERVING; False if a stop was requested meanwhile."""
     deadline = time.monotonic() + START_TIMEOUT_S
     options = [
@@ -446,7 +468,7 @@ def _wait_healthy(child: Child, stopping: threading.Event) -> bool:
     ]
     with grpc.insecure_channel(child.listen, options=options) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        while not stopping.is_set():
+        while not stopping.requested:
             if child.process.poll() is not None:
                 raise child.died("during start-up")
             try:
@@ -565,13 +587,9 @@ def run(environ: Mapping[str, str] | None = None, services: Sequence[Service] = 
     base_env = dict(os.environ if environ is None else environ)
     env = Env(base_env)
     state = _private_dir(state_dir(base_env))
-    stopping = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stopping = StopRequest()
+    signal.signal(signal.SIGINT, stopping)
+    signal.signal(signal.SIGTERM, stopping)
 
     children: list[Child] = []
     with contextlib.ExitStack() as cleanup:
@@ -588,7 +606,7 @@ def run(environ: Mapping[str, str] | None = None, services: Sequence[Service] = 
                 "CARDLINK_TRUST_FILE": str(state / "trust.json"),
             }
             for service in services:
-                if stopping.is_set():
+                if stopping.requested:
                     return 0
                 if not module_available(service.module):
                     print(

@@ -344,6 +344,37 @@ def stacks() -> Iterator[list[Stack]]:
         stack.stop()
 
 
+# The supervisor's wait loop at its tightest, stopped by SIGTERM.
+_STOP_LOOP = """
+import signal
+from common.devstack import StopRequest
+stop = StopRequest()
+signal.signal(signal.SIGTERM, stop)
+print("ready", flush=True)
+while not stop.wait(0):
+    pass
+"""
+
+
+def test_a_stop_signal_is_seen_wherever_it_lands_in_the_wait(
+        stack_env: dict[str, str]) -> None:
+    """Wherever in the supervisor's wait a SIGTERM lands, it stops it. (With a
+    threading.Event set from the handler, about half of such loops hung: the
+    handler had interrupted the main thread while it held the Event's lock.)"""
+    for _ in range(10):
+        child = subprocess.Popen(  # noqa: S603 - our own interpreter
+            [sys.executable, "-c", _STOP_LOOP], env=stack_env, cwd=ROOT,
+            stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout is not None and child.stdout.readline() == "ready\n"
+            child.terminate()
+            assert child.wait(timeout=STOP_BOUND_S) == 0
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+
+
 def test_stack_starts_reports_ready_and_stops_cleanly_on_ctrl_c(
     stack_env: dict[str, str], stacks: list[Stack]
 ) -> None:
