@@ -30,7 +30,26 @@ async def test_commands_scripts_and_pipelines_round_trip(redis_url: str, key_pre
         async with client.pipeline(transaction=True) as pipe:
             pipe.incr(f"{key_prefix}:n")
             pipe.incr(f"{key_prefix}:n")
-            assert await pipe.execute() == [1, 2]
+            await script(keys=[key], args=["float"], client=pipe)
+            assert await pipe.execute() == [1, 2, b"1.5"]
+    finally:
+        await client.aclose()
+
+
+async def test_a_script_redis_does_not_know_is_loaded_and_run_once(redis_url: str,
+                                                                   key_prefix: str) -> None:
+    """As after a Redis restart or SCRIPT FLUSH: EVALSHA answers NOSCRIPT, the
+    script is loaded and run, and its later calls go by the right SHA."""
+    client: Any = connect(redis_url)
+    try:
+        key = f"{key_prefix}:counter"
+        script = client.register_script("return redis.call('INCR', KEYS[1])")
+        right = script.sha
+        script.sha = "0" * 40  # a SHA this Redis has no script for
+        assert await script(keys=[key]) == 1
+        assert script.sha == right
+        assert await script(keys=[key]) == 2
+        assert await client.get(key) == b"2"  # run once per call, never twice
     finally:
         await client.aclose()
 
