@@ -15,6 +15,12 @@ DEADLINE_EXCEEDED and INTERNAL release the claim so the retry runs the work
 again and drives it to completion. Definite errors (a wrong code, a refused
 state) are stored and replayed like successes: a retried wrong code must not
 burn a second attempt.
+
+A released claim, and a claim whose lease ran out, keep the request's
+fingerprint for the whole retention: ids and bank keys are derived from the
+request id, so the same id with another request (another card, another
+binding, another code) must stay REQUEST_ID_REUSED, never run against the
+first request's resources.
 """
 
 from __future__ import annotations
@@ -39,30 +45,39 @@ T = TypeVar("T")
 _REUSED_VIOLATION = FieldViolation("request_id", "used with another request", "REQUEST_ID_REUSED")
 _RETRYABLE = (errors.Unavailable, errors.Aborted, errors.DeadlineExceeded, errors.Internal)
 
-# Status fields: st (pending|done), fp (request fingerprint), own (claim owner), body.
+# Fields: st (pending|released|done), fp (request fingerprint), own (claim
+# owner), lease (Redis time in ms until which a pending claim holds), body.
+# The record lives for the retention from its first claim on, so its
+# fingerprint outlives a released or abandoned claim. Redis's own clock
+# times the lease: it bounds real latency across processes, not business time.
+# ARGV: fingerprint, owner, lease ms, retention s.
 _CLAIM = """
-local st = redis.call('HGET', KEYS[1], 'st')
-if not st then
-  redis.call('HSET', KEYS[1], 'st', 'pending', 'fp', ARGV[1], 'own', ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-  return {'CLAIMED', ''}
-end
-if redis.call('HGET', KEYS[1], 'fp') ~= ARGV[1] then return {'MISMATCH', ''} end
-if st == 'done' then return {'DONE', redis.call('HGET', KEYS[1], 'body')} end
-return {'PENDING', ''}
+local rec = redis.call('HMGET', KEYS[1], 'st', 'fp', 'lease', 'body')
+if rec[1] and rec[2] ~= ARGV[1] then return {'MISMATCH', ''} end
+if rec[1] == 'done' then return {'DONE', rec[4]} end
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if rec[1] == 'pending' and (tonumber(rec[3]) or 0) > now_ms then return {'PENDING', ''} end
+redis.call('HSET', KEYS[1], 'st', 'pending', 'fp', ARGV[1], 'own', ARGV[2],
+           'lease', now_ms + tonumber(ARGV[3]))
+if not rec[1] then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
+return {'CLAIMED', ''}
 """
 
 _COMPLETE = """
 if redis.call('HGET', KEYS[1], 'own') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'st', 'done', 'body', ARGV[2])
-redis.call('HDEL', KEYS[1], 'own')
+redis.call('HDEL', KEYS[1], 'own', 'lease')
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 
+# The next call with the same request claims it again at once.
 _RELEASE = """
-if redis.call('HGET', KEYS[1], 'own') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+if redis.call('HGET', KEYS[1], 'own') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'st', 'released')
+redis.call('HDEL', KEYS[1], 'own', 'lease')
+return 1
 """
 
 
@@ -114,7 +129,8 @@ class IdempotencyStore:
         while True:
             status, body = await self._claim(
                 keys=[key],
-                args=[request_fingerprint, owner, int(self._settings.lease_s * 1000)],
+                args=[request_fingerprint, owner, int(self._settings.lease_s * 1000),
+                      self._settings.retention_s],
             )
             status = _text(status)
             if status == "CLAIMED":

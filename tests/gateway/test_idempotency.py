@@ -7,8 +7,8 @@ import uuid
 
 from cardlink.bank.v1 import simulator_pb2 as sim
 from cardlink.gateway.v1 import resources_pb2
-from clients.sdk import Aborted, InvalidArgument
-from tests.gateway.conftest import ALICE, ERIN, Stack, default_consent, refused
+from clients.sdk import Aborted, InvalidArgument, Unavailable
+from tests.gateway.conftest import ALICE, DAVE, ERIN, Stack, default_consent, refused
 
 Binding = resources_pb2.Binding
 
@@ -37,6 +37,35 @@ async def test_same_id_different_request_is_refused(stack: Stack) -> None:
     assert isinstance(other_card, InvalidArgument) and other_card.reason == "REQUEST_ID_REUSED"
     assert other_card.violations[0].field == "request_id"
     assert [b.card.last_four async for b in sdk.list_bindings("u-2")] == ["1111"]
+
+
+async def test_an_id_released_by_a_retryable_error_stays_bound_to_its_request(
+        stack: Stack) -> None:
+    """A retryable failure lets the same request run again, but never another
+    request under that id: its ids and bank keys derive from the request id."""
+    sdk = await stack.sdk()
+    request_id = str(uuid.uuid4())
+    slow = await refused(sdk.create_binding("u-7", DAVE, default_consent(),
+                                            request_id=request_id))
+    assert isinstance(slow, Unavailable)  # Dave's bank answers after the call's budget
+    other = await refused(sdk.create_binding("u-7", ALICE, default_consent(),
+                                             request_id=request_id))
+    assert isinstance(other, InvalidArgument) and other.reason == "REQUEST_ID_REUSED"
+    assert [b.card.last_four async for b in sdk.list_bindings("u-7")] == ["0119"]
+    alice = await sdk.create_binding("u-8", ALICE, default_consent())  # Alice's card is free
+    assert alice.card.last_four == "1111"
+
+    binding = await sdk.confirm_binding(alice.name, await stack.code_for(ALICE))
+    erin = await sdk.create_binding("u-8", ERIN, default_consent())
+    erin = await sdk.confirm_binding(erin.name, await stack.code_for(ERIN))
+    line_id = str(uuid.uuid4())
+    await stack.switch(sim.CALL_KIND_DECIDE_CREDIT, sim.MODE_TIMEOUT, times=1)
+    timed_out = await refused(sdk.activate_credit_line("u-8", binding.name, request_id=line_id))
+    assert isinstance(timed_out, Unavailable)
+    elsewhere = await refused(sdk.activate_credit_line("u-8", erin.name, request_id=line_id))
+    assert isinstance(elsewhere, InvalidArgument) and elsewhere.reason == "REQUEST_ID_REUSED"
+    line = await sdk.activate_credit_line("u-8", binding.name, request_id=line_id)  # the retry
+    assert line.binding == binding.name
 
 
 async def test_twenty_concurrent_duplicates_do_the_work_once(stack: Stack) -> None:
