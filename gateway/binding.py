@@ -31,6 +31,7 @@ import logging
 import re
 import time
 from dataclasses import asdict, dataclass
+from typing import NoReturn
 
 from common.clock import Clock
 from common.errors import (
@@ -64,6 +65,8 @@ logger = logging.getLogger("cardlink.gateway.binding")
 # binding record (two slots, two scripts).
 CLAIM_GRACE_S = 60.0
 MAX_CIPHERTEXT = 4096
+# How far a partner's clock may run ahead of ours when it stamps a consent.
+CONSENT_CLOCK_SKEW_S = 300.0
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 100
 _CODE_RE = re.compile(r"[0-9]{4,8}")
 _TEXT_LIMITS = {"terms_id": 64, "terms_version": 32, "channel": 32}
@@ -89,7 +92,7 @@ def bank_key(kind: str, *parts: str) -> str:
     return f"{kind}-" + hashlib.sha256("\x00".join(parts).encode()).hexdigest()
 
 
-def validate_consent(consent: Consent) -> None:
+def validate_consent(consent: Consent, now: float) -> None:
     violations = [
         FieldViolation(f"consent.{field}", f"1 to {limit} characters", "CONSENT_INVALID")
         for field, limit in _TEXT_LIMITS.items()
@@ -97,6 +100,9 @@ def validate_consent(consent: Consent) -> None:
     ]
     if consent.accept_time <= 0:
         violations.append(FieldViolation("consent.accept_time", "required", "CONSENT_INVALID"))
+    elif consent.accept_time > now + CONSENT_CLOCK_SKEW_S:
+        violations.append(FieldViolation("consent.accept_time", "not in the future",
+                                         "CONSENT_INVALID"))
     if violations:
         raise InvalidArgument("CONSENT_INVALID", "the consent record is incomplete",
                               violations=violations)
@@ -134,7 +140,7 @@ class BindingService:
     async def create(
         self, user: UserName, sealed: SealedCardInput, consent: Consent, request_id: str
     ) -> Binding:
-        validate_consent(consent)
+        validate_consent(consent, self._clock.now())
         if not sealed.key_id or not 1 <= len(sealed.ciphertext) <= MAX_CIPHERTEXT:
             raise invalid_field("sealed_card", "key_id and 1-4096 bytes of ciphertext",
                                 "SEALED_CARD_INVALID")
@@ -282,9 +288,7 @@ class BindingService:
         if status == "NOT_FOUND":
             raise _not_found()
         if status == "EXPIRED":
-            # The reserve script retired the binding: this call made the transition.
-            await self._release_card(name, stored.claim)
-            raise FailedPrecondition("CODE_EXPIRED", "the one-time code has expired")
+            await self._expired(name, stored.claim)
         if status == "STATE":
             return await self._not_pending(name, key)
         if status == "EXHAUSTED":
@@ -306,6 +310,11 @@ class BindingService:
             raise
         return await self._settle_code(name, stored, result, key)
 
+    async def _expired(self, name: ChildName, claim: str) -> NoReturn:
+        # A store script just retired the binding: this call made the transition.
+        await self._release_card(name, claim)
+        raise FailedPrecondition("CODE_EXPIRED", "the one-time code has expired")
+
     async def _not_pending(self, name: ChildName, state: str) -> Binding:
         if state == BindingState.ACTIVE.value:
             return await self._get(name)
@@ -317,6 +326,8 @@ class BindingService:
         now = self._clock.now()
         if result is CodeResult.MATCH:
             status, state = await self._store.code_matched(name, now)
+            if status == "EXPIRED":  # the bank's answer came after the code expired
+                await self._expired(name, stored.claim)
             if status == "STATE":
                 return await self._not_pending(name, state)
             return await self._get(name)

@@ -132,9 +132,13 @@ end
 return 1
 """)
 
+# A match landing after the code's expiry (a slow bank) does not activate:
+# the binding has read as FAILED since then, and another user may have taken
+# the card meanwhile; it becomes FAILED (CODE_EXPIRED) now.
 _CODE_MATCH = script("""
 local bid = ARGV[3]
 local k = bkey(bid)
+if code_expired(k) then retire(bid, 'FAILED', 'CODE_EXPIRED') return {'EXPIRED', ''} end
 local state = redis.call('HGET', k, 'state')
 if state ~= 'PENDING_CODE' then return {'STATE', state or ''} end
 redis.call('HSET', k, 'state', 'ACTIVE', 'mtime', now)
@@ -167,9 +171,11 @@ redis.call('DEL', base .. ':catt:' .. tok)
 return {'LOCKED', ''}
 """)
 
-# DONE: this call unbound it; OK: it was unbound already.
+# DONE: this call unbound it; OK: it was unbound already. A binding whose
+# code expired reads as FAILED, and is one from here on.
 _UNBIND = script("""
 local bid = ARGV[3]
+if code_expired(bkey(bid)) then retire(bid, 'FAILED', 'CODE_EXPIRED') end
 local state = redis.call('HGET', bkey(bid), 'state')
 if not state then return {'NOT_FOUND', ''} end
 if state == 'UNBOUND' then return {'OK', ''} end

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
+
+import pytest
 
 from cardlink.bank.v1 import simulator_pb2 as sim
 from cardlink.gateway.v1 import bank_events_pb2, bank_events_pb2_grpc, resources_pb2
@@ -162,3 +165,41 @@ async def test_freeze_refused_while_applied_is_not_replayed_forever(stack: Stack
     assert retried[0].state == Line.STATE_FROZEN  # type: ignore[attr-defined]
     closed = await events.CloseCreditLine(close, metadata=auth)  # the same event, retried
     assert closed.state == Line.STATE_CLOSED
+
+
+async def test_a_match_that_lands_after_the_code_expired_does_not_bind_the_card_twice(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bank checks the code in time and says MATCH, but its answer arrives
+    after the code's expiry: by then the binding reads FAILED and another user
+    may bind the card. The late match must not make the first binding ACTIVE too."""
+    sdk = await stack.sdk()
+    first = await sdk.create_binding("u-late", ALICE, default_consent())
+    bank = stack.gateway.bindings._bank  # the gateway's own bank connector
+    check_code = bank.check_code
+    second: list[Binding] = []
+
+    async def answer_arrives_late(*args: Any) -> Any:
+        result = await check_code(*args)  # checked by the bank before the expiry
+        stack.clock.advance(301)  # the default code lifetime is 300 s
+        assert (await sdk.get_binding(first.name)).state == Binding.STATE_FAILED
+        second.append(await sdk.create_binding("u-other", ALICE, default_consent()))
+        return result
+
+    monkeypatch.setattr(bank, "check_code", answer_arrives_late)
+    late = await refused(sdk.confirm_binding(first.name, await stack.code_for(ALICE)))
+    monkeypatch.undo()
+    assert isinstance(late, FailedPrecondition) and late.reason == "CODE_EXPIRED"
+    other = await sdk.confirm_binding(second[0].name, await stack.code_for(ALICE))
+    states = [(await sdk.get_binding(b.name)).state for b in (first, other)]
+    assert states == [Binding.STATE_FAILED, Binding.STATE_ACTIVE]
+
+
+async def test_a_binding_whose_code_expired_cannot_be_unbound(stack: Stack) -> None:
+    sdk = await stack.sdk()
+    binding = await sdk.create_binding("u-exp", ALICE, default_consent())
+    stack.clock.advance(301)
+    assert (await sdk.get_binding(binding.name)).state == Binding.STATE_FAILED
+    refusal = await refused(sdk.unbind_binding(binding.name))
+    assert isinstance(refusal, FailedPrecondition) and refusal.reason == "BINDING_NOT_BOUND"
+    shown = await sdk.get_binding(binding.name)
+    assert (shown.state, shown.failure_reason) == (Binding.STATE_FAILED, "CODE_EXPIRED")
