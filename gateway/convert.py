@@ -6,6 +6,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from cardlink.gateway.v1 import resources_pb2 as pb
 from cardlink.vault.v1 import vault_pb2
+from common.errors import invalid_field
 from gateway.models import Binding, BindingState, CardDisplay, Consent, CreditLine, Money
 
 _BINDING_STATES = {
@@ -28,7 +29,13 @@ def seconds(ts: Timestamp) -> float:
 
 
 def consent_from_proto(consent: pb.Consent) -> Consent:
-    accept = seconds(consent.accept_time) if consent.HasField("accept_time") else 0.0
+    accept = 0.0
+    if consent.HasField("accept_time"):
+        try:
+            accept = seconds(consent.accept_time)
+        except ValueError:  # outside what a Timestamp may hold (years 1 to 9999)
+            raise invalid_field("consent.accept_time", "not a valid timestamp",
+                                "CONSENT_INVALID") from None
     return Consent(consent.terms_id, consent.terms_version, accept, consent.channel)
 
 

@@ -144,7 +144,8 @@ async def refused(call: Awaitable[Any]) -> CardLinkError:
 
 def default_consent() -> Any:
     # A fixed acceptance time: a retried request must carry the same consent.
-    return consent("bnpl-terms", "2026-01", "web", datetime(2027, 1, 15, 9, 0, tzinfo=UTC))
+    # Just before the test clock's start (2027-01-15 08:00 UTC): never in the future.
+    return consent("bnpl-terms", "2026-01", "web", datetime(2027, 1, 15, 7, 55, tzinfo=UTC))
 
 
 @pytest.fixture

@@ -96,6 +96,10 @@ async def test_bad_input_is_refused_and_writes_nothing(stack: Stack) -> None:
         "parent": lambda r: setattr(r, "parent", "tenants/acme/users/{evil}"),
         "consent": lambda r: r.ClearField("consent"),
         "consent.terms_id": lambda r: setattr(r.consent, "terms_id", ""),
+        # Past year 9999: not a Timestamp at all; then a day after the test clock's now.
+        "consent.accept_time": lambda r: setattr(r.consent.accept_time, "seconds", 10**12),
+        "consent.accept_time ": lambda r: setattr(r.consent.accept_time, "seconds",
+                                                  int(stack.clock.now()) + 86_400),
         "sealed_card": lambda r: setattr(r.sealed_card, "ciphertext", b"x" * 5000),
     }
     cases: dict[str, bindings_pb2.CreateBindingRequest] = {}
@@ -107,7 +111,7 @@ async def test_bad_input_is_refused_and_writes_nothing(stack: Stack) -> None:
     for field, request in cases.items():
         error = await refused(stub.CreateBinding(request, metadata=auth))
         assert isinstance(error, InvalidArgument), (field, error)
-        assert error.violations and error.violations[0].field.startswith(field), field
+        assert error.violations and error.violations[0].field.startswith(field.strip()), field
     tampered = bindings_pb2.CreateBindingRequest()
     tampered.CopyFrom(good)
     tampered.sealed_card.ciphertext = sealed.ciphertext[:-1] + bytes([sealed.ciphertext[-1] ^ 1])
