@@ -187,7 +187,10 @@ class _SharedConnection(asyncio.Protocol):
                 self._unanswered -= 1
                 if future.done():  # its caller was cancelled; the reply is dropped
                     continue
-                if isinstance(reply, ResponseError):  # an error reply: that caller's alone
+                # An error reply is that caller's alone. redis-py's parser maps
+                # some to ConnectionError subclasses (LOADING, NOAUTH, WRONGPASS),
+                # not ResponseError: they are errors all the same.
+                if isinstance(reply, RedisError):
                     future.set_exception(reply)
                 else:
                     future.set_result(reply)

@@ -7,9 +7,10 @@ import asyncio
 import uuid
 from typing import Any
 
+import hiredis
 import pytest
+from redis.exceptions import AuthenticationError, BusyLoadingError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.redis_client import connect
@@ -234,3 +235,49 @@ async def test_closing_the_client_closes_every_connection(redis_url: str) -> Non
         assert await named() == 0
     finally:
         await admin.aclose()
+
+
+async def _scripted_server(reply: bytes) -> tuple[asyncio.Server, int]:
+    """A server that answers every command with ``reply`` (what Redis says
+    while it loads its dataset, or to a wrong password)."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parser = hiredis.Reader()
+        while data := await reader.read(65536):
+            parser.feed(data)
+            while parser.gets() is not False:
+                writer.write(reply)
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize(("reply", "error"), [
+    (b"-LOADING Redis is loading the dataset in memory\r\n", BusyLoadingError),
+    (b"-NOAUTH Authentication required.\r\n", AuthenticationError),
+])
+async def test_every_error_reply_is_raised_never_returned(reply: bytes,
+                                                          error: type[Exception]) -> None:
+    server, port = await _scripted_server(reply)
+    client: Any = connect(f"redis://127.0.0.1:{port}/0")
+    try:
+        with pytest.raises(error):
+            await client.hmget("k", ["a", "b"])
+        with pytest.raises(error):
+            await client.register_script("return 1")()
+    finally:
+        await client.aclose()
+        server.close()
+
+
+async def test_a_refused_login_fails_the_connection() -> None:
+    server, port = await _scripted_server(b"-WRONGPASS invalid username-password pair\r\n")
+    client: Any = connect(f"redis://:wrong@127.0.0.1:{port}/0")
+    try:
+        for _ in range(2):  # and again on the next command: no half-open connection stays
+            with pytest.raises(AuthenticationError):
+                await client.get("k")
+    finally:
+        await client.aclose()
+        server.close()
