@@ -28,6 +28,8 @@ from vault.keyring import (
     FINGERPRINT,
     GENERATION_FIELD,
     KEK,
+    ROOT_FIELD,
+    ROOT_KEY_MISMATCH,
     ROTATABLE_KINDS,
     SEALING,
     EntryInfo,
@@ -99,9 +101,15 @@ class KeyLifecycle:
         """Add a version of ``kind`` and make it current; the previous current
         one is marked superseded (sealing keys: expiring after the grace)."""
         check_kind(kind)
-        root = await self._keyring.root_keys.root_key()
         for _ in range(_ATTEMPTS):
             fields = await read_fields(self._redis, self._keyring.key)
+            # Fetched after the read: a root rotation that completed meanwhile
+            # (in this process) must not get a key wrapped under the old root.
+            # One after the read moves the generation, and the change is refused.
+            root = await self._keyring.root_keys.root_key()
+            if fields.get(ROOT_FIELD) != root.key_id:
+                raise FailedPrecondition(ROOT_KEY_MISMATCH, "the root key was rotated by "
+                                         "another vault process; unseal this one again")
             now = self._clock.now()
             previous = int(fields[current_field(kind)])
             versions = [i.version for i in _entries(fields) if i.kind == kind]
