@@ -24,18 +24,32 @@ Rekey (new shares, same root) and root rotation (new root, keyring rewrapped)
 are ceremonies of their own that also need k shares of the current set.
 Shares in progress live in this process's memory, so every custodian of one
 ceremony talks to the same process.
+
+A ceremony's keyring change carries a fresh marker. When its reply is lost
+(Redis dropped the connection after the write, or the reload that follows
+failed), the process reads the marker back: a change that landed still hands
+out its sealed shares, at once or, if Redis cannot tell yet, to the next
+ceremony or status call. Dropping them would leave the keyring under a root
+(or share set) nobody holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import secrets
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn
 
 from redis.asyncio import Redis
 from shamir_mnemonic import MnemonicError, Share, combine_mnemonics, generate_mnemonics
 
-from common.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument
+from common.errors import (
+    AlreadyExists,
+    CardLinkError,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+)
 from vault.crypto import (
     CUSTODIAN_KEY_SIZE,
     RootKey,
@@ -70,6 +84,7 @@ CUSTODIAN_KEYS_FIELD = "custodian_public_keys"
 SHARES_ID_FIELD = "shares:id"
 SHARES_THRESHOLD_FIELD = "shares:threshold"
 SHARES_COUNT_FIELD = "shares:count"
+CEREMONY_FIELD = "ceremony"  # the marker of the last completed rekey or root rotation
 MAX_SHARES = 16  # SLIP-39's limit per group
 
 UNSEAL = "unseal"
@@ -124,6 +139,16 @@ class _Ceremony:
     custodian_keys: tuple[bytes, ...] = ()
     shares: list[str] = field(default_factory=list, repr=False)
     indexes: set[tuple[int, int]] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class _Unsettled:
+    """A ceremony whose keyring change may have landed: its reply was lost."""
+
+    marker: str
+    outcome: CeremonyOutcome
+    old_root: RootKey
+    new_root: RootKey
 
 
 def check_share_parameters(threshold: int, count: int) -> None:
@@ -189,6 +214,7 @@ class ShamirRootKeys:
         self._counter_key = f"{prefix}:vault:unseal"
         self._root: RootKey | None = None
         self._ceremony: _Ceremony | None = None
+        self._unsettled: _Unsettled | None = None
         self._keyring: Keyring | None = None
 
     def attach(self, keyring: Keyring) -> None:
@@ -222,6 +248,7 @@ class ShamirRootKeys:
                         int(fields[SHARES_COUNT_FIELD]), fields[ROOT_FIELD])
 
     async def state(self) -> SealState:
+        await self._settle()
         shares = await self.share_set()
         with redis_errors():
             refused = int(await self._redis.hget(self._counter_key, "refused") or 0)
@@ -271,50 +298,70 @@ class ShamirRootKeys:
         check_share_parameters(threshold, count)
         keys = check_custodian_keys(custodian_keys, count)
         await self.root_key()  # only an unsealed process runs ceremonies
+        landed = await self._settle()
+        if landed is not None:  # the retry of a ceremony whose reply was lost
+            return landed
         shares = await self._require_share_set()
         secret = await self._submit(kind, mnemonic, threshold, count, keys)
         if secret is None:
             progress = len(self._ceremony.shares) if self._ceremony else 0
             return CeremonyOutcome(progress, shares.threshold, False)
-        root = RootKey(secret)
-        if kind == REKEY:
-            mnemonics, identifier = split_root(secret, threshold, count)
-            sealed = seal_shares(mnemonics, keys)
-            del mnemonics
-            await self._write_share_set(identifier, threshold, count)
-            return CeremonyOutcome(shares.threshold, shares.threshold, True, sealed,
-                                   root.key_id)
-        return await self._rotate_root(root, threshold, count, keys, shares.threshold)
-
-    async def _rotate_root(self, old: RootKey, threshold: int, count: int,
-                           keys: tuple[bytes, ...], old_threshold: int) -> CeremonyOutcome:
-        assert self._keyring is not None
-        secret = new_symmetric_key()
-        new = RootKey(secret)
-        mnemonics, identifier = split_root(secret, threshold, count)
-        sealed = seal_shares(mnemonics, keys)
+        old = RootKey(secret)
+        # Rekey: new shares of the same root. Rotation: a new root, keyring rewrapped.
+        new_secret = secret if kind == REKEY else new_symmetric_key()
+        new = old if kind == REKEY else RootKey(new_secret)
+        mnemonics, identifier = split_root(new_secret, threshold, count)
+        outcome = CeremonyOutcome(shares.threshold, shares.threshold, True,
+                                  seal_shares(mnemonics, keys), new.key_id)
         del mnemonics
-        for _ in range(8):
-            fields = await read_fields(self._redis, self._keys_key)
-            changes = {f: rewrap_entry(old, new, f, v) for f, v in fields.items()
-                       if parse_entry_field(f) is not None}
-            changes[ROOT_FIELD] = new.key_id
-            changes.update(_share_set_fields(identifier, threshold, count))
-            self._root = new  # the refresh inside change() must open the new keyring
-            if await self._keyring.change(fields[GENERATION_FIELD], changes):
-                return CeremonyOutcome(old_threshold, old_threshold, True, sealed,
-                                       new.key_id)
-            self._root = old
-        raise FailedPrecondition(KEYRING_BUSY, "the keyring kept changing; retry the rotation")
 
-    async def _write_share_set(self, identifier: int, threshold: int, count: int) -> None:
+        def changes(fields: Mapping[str, str]) -> dict[str, str]:
+            rewrapped = {} if new is old else {
+                f: rewrap_entry(old, new, f, v) for f, v in fields.items()
+                if parse_entry_field(f) is not None}
+            return {**rewrapped, ROOT_FIELD: new.key_id,
+                    **_share_set_fields(identifier, threshold, count)}
+
+        return await self._commit(changes, outcome, old, new)
+
+    async def _commit(self, changes: Callable[[Mapping[str, str]], dict[str, str]],
+                      outcome: CeremonyOutcome, old: RootKey, new: RootKey) -> CeremonyOutcome:
         assert self._keyring is not None
+        marker = secrets.token_hex(16)
         for _ in range(8):
             fields = await read_fields(self._redis, self._keys_key)
-            if await self._keyring.change(fields[GENERATION_FIELD],
-                                          _share_set_fields(identifier, threshold, count)):
-                return
-        raise FailedPrecondition(KEYRING_BUSY, "the keyring kept changing; retry the rekey")
+            self._root = new  # the refresh inside change() must open the new keyring
+            try:
+                changed = await self._keyring.change(
+                    fields[GENERATION_FIELD], {**changes(fields), CEREMONY_FIELD: marker})
+            except BaseException as error:
+                # Landed or not? If Redis cannot tell now (or the call was
+                # cancelled), the next ceremony or status call settles it.
+                self._unsettled = _Unsettled(marker, outcome, old, new)
+                if not isinstance(error, CardLinkError):
+                    raise
+                landed = await self._settle()
+                if landed is None:
+                    raise
+                return landed
+            if changed:
+                return outcome
+            self._root = old
+        raise FailedPrecondition(KEYRING_BUSY, "the keyring kept changing; retry the ceremony")
+
+    async def _settle(self) -> CeremonyOutcome | None:
+        """The outcome of a ceremony whose reply was lost if its change landed (this
+        process then holds the new root), None otherwise (it holds the old one)."""
+        unsettled = self._unsettled
+        if unsettled is None:
+            return None
+        fields = await read_fields(self._redis, self._keys_key)
+        self._unsettled = None
+        landed = fields.get(CEREMONY_FIELD) == unsettled.marker
+        self._root = unsettled.new_root if landed else unsettled.old_root
+        if self._keyring is not None:
+            self._keyring.invalidate()
+        return unsettled.outcome if landed else None
 
     async def _require_share_set(self) -> ShareSet:
         shares = await self.share_set()

@@ -16,15 +16,18 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shamir_mnemonic import Share
 
+import vault.keyring as keyring_module
 from cardlink.vault.v1 import admin_pb2, vault_pb2
 from clients.keytool._custodian import SealedShareFile, open_share
 from common.clock import ManualClock
+from common.errors import Unavailable
 from common.grpc_errors import error_from_rpc
 from tests.support.cards import card
 from tests.support.identities import Identities
 from tests.support.vault import VaultHandle, running_vault
 from vault.audit import audit_key
 from vault.config import VaultMode
+from vault.keyring import STORE_UNAVAILABLE
 from vault.unseal import split_root
 
 K, N = 3, 5
@@ -230,3 +233,98 @@ async def test_unseal_needs_the_custodian_scope(vault: VaultHandle) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await vault.admin.Unseal(admin_pb2.UnsealRequest(share="x"), metadata=vault.partner())
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def _rotate_root(vault: VaultHandle, share: str,
+                 keys: list[X25519PrivateKey]) -> Any:
+    return vault.admin.RotateRoot(admin_pb2.RotateRootRequest(
+        share=share, threshold=2, share_count=len(keys),
+        custodian_public_keys=public_keys(keys)), metadata=vault.security())
+
+
+def _reply_lost_after_the_write(monkeypatch: pytest.MonkeyPatch, keyring: Any, *,
+                                then_silent: bool) -> None:
+    """The keyring change lands in Redis, then its caller sees the store fail
+    (a connection dropped before the reply), once; ``then_silent``: the next
+    read of the keyring fails too."""
+    change, read = keyring.change, keyring_module.read_fields
+
+    async def read_fails(*args: Any) -> Any:
+        monkeypatch.setattr("vault.unseal.read_fields", read)
+        raise Unavailable(STORE_UNAVAILABLE, "the vault store is unavailable; retry")
+
+    async def lost(*args: Any) -> bool:
+        monkeypatch.setattr(keyring, "change", change)
+        await change(*args)
+        if then_silent:
+            monkeypatch.setattr("vault.unseal.read_fields", read_fails)
+        raise Unavailable(STORE_UNAVAILABLE, "the vault store is unavailable; retry")
+
+    monkeypatch.setattr(keyring, "change", lost)
+
+
+@pytest.mark.parametrize("redis_answers_at_once", [True, False])
+async def test_a_root_rotation_whose_reply_is_lost_still_hands_out_its_shares(
+        redis_url: str, key_prefix: str, tmp_path: Path,
+        world: tuple[ManualClock, Identities], monkeypatch: pytest.MonkeyPatch,
+        redis_answers_at_once: bool) -> None:
+    """Dropping the new shares of a rotation that landed would leave every
+    record under a root nobody holds."""
+    clock, identities = world
+    two = custodian_keys(2)
+    async with production(redis_url, key_prefix, tmp_path, clock, identities) as vault:
+        shares = await init(vault)
+        for share in shares[:K]:
+            await unseal(vault, share)
+        name = await tokenize(vault)
+        for share in shares[:K - 1]:
+            assert not (await _rotate_root(vault, share, two)).complete
+        _reply_lost_after_the_write(monkeypatch, vault.vault.service.keyring,
+                                    then_silent=not redis_answers_at_once)
+        if redis_answers_at_once:
+            rotated = await _rotate_root(vault, shares[K - 1], two)
+        else:
+            # Nor can Redis tell at once whether it landed: the call fails, and
+            # the custodians' retry gets the shares.
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await _rotate_root(vault, shares[K - 1], two)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            rotated = await _rotate_root(vault, shares[0], two)
+        assert rotated.complete and len(rotated.sealed_shares) == 2
+        newest = open_shares(rotated.sealed_shares, two)
+        assert (await detokenize(vault, name)).pan == card().pan
+
+    async with production(redis_url, key_prefix, tmp_path, clock, identities) as vault:
+        assert await refused(vault, shares[0]) == "SHARE_WRONG_SET"
+        await unseal(vault, newest[0])
+        assert not (await unseal(vault, newest[1])).sealed
+        assert (await detokenize(vault, name)).pan == card().pan
+
+
+async def test_a_key_rotation_racing_a_root_rotation_wraps_under_the_new_root(
+        redis_url: str, key_prefix: str, tmp_path: Path,
+        world: tuple[ManualClock, Identities], monkeypatch: pytest.MonkeyPatch) -> None:
+    clock, identities = world
+    two = custodian_keys(2)
+    async with production(redis_url, key_prefix, tmp_path, clock, identities) as vault:
+        shares = await init(vault)
+        for share in shares[:K]:
+            await unseal(vault, share)
+        name = await tokenize(vault)
+        for share in shares[:K - 1]:
+            await _rotate_root(vault, share, two)
+        read = keyring_module.read_fields
+
+        async def root_rotated_meanwhile(*args: Any) -> Any:
+            # The KEK rotation is under way when the last custodian completes the
+            # root rotation.
+            monkeypatch.setattr("vault.lifecycle.read_fields", read)
+            assert (await _rotate_root(vault, shares[K - 1], two)).complete
+            return await read(*args)
+
+        monkeypatch.setattr("vault.lifecycle.read_fields", root_rotated_meanwhile)
+        await vault.admin.RotateKey(admin_pb2.RotateKeyRequest(kind=admin_pb2.KEY_KIND_KEK),
+                                    metadata=vault.security())
+        await vault.vault.service.keyring.refresh()  # KEYRING_CORRUPT before the fix
+        assert (await detokenize(vault, name)).pan == card().pan
+        assert (await detokenize(vault, await tokenize(vault))).pan == card().pan
