@@ -215,6 +215,7 @@ class ShamirRootKeys:
         self._root: RootKey | None = None
         self._ceremony: _Ceremony | None = None
         self._unsettled: _Unsettled | None = None
+        self._undelivered: CeremonyOutcome | None = None  # landed, shares not handed out
         self._keyring: Keyring | None = None
 
     def attach(self, keyring: Keyring) -> None:
@@ -298,7 +299,7 @@ class ShamirRootKeys:
         check_share_parameters(threshold, count)
         keys = check_custodian_keys(custodian_keys, count)
         await self.root_key()  # only an unsealed process runs ceremonies
-        landed = await self._settle()
+        landed = await self._landed()
         if landed is not None:  # the retry of a ceremony whose reply was lost
             return landed
         shares = await self._require_share_set()
@@ -340,7 +341,7 @@ class ShamirRootKeys:
                 self._unsettled = _Unsettled(marker, outcome, old, new)
                 if not isinstance(error, CardLinkError):
                     raise
-                landed = await self._settle()
+                landed = await self._landed()
                 if landed is None:
                     raise
                 return landed
@@ -349,19 +350,25 @@ class ShamirRootKeys:
             self._root = old
         raise FailedPrecondition(KEYRING_BUSY, "the keyring kept changing; retry the ceremony")
 
-    async def _settle(self) -> CeremonyOutcome | None:
-        """The outcome of a ceremony whose reply was lost if its change landed (this
-        process then holds the new root), None otherwise (it holds the old one)."""
+    async def _settle(self) -> None:
+        """Whether a ceremony whose reply was lost landed: then this process holds
+        the new root and keeps the outcome for the next ceremony call; else the old."""
         unsettled = self._unsettled
         if unsettled is None:
-            return None
+            return
         fields = await read_fields(self._redis, self._keys_key)
         self._unsettled = None
         landed = fields.get(CEREMONY_FIELD) == unsettled.marker
         self._root = unsettled.new_root if landed else unsettled.old_root
+        self._undelivered = unsettled.outcome if landed else None
         if self._keyring is not None:
             self._keyring.invalidate()
-        return unsettled.outcome if landed else None
+
+    async def _landed(self) -> CeremonyOutcome | None:
+        """The outcome of a ceremony that landed but whose shares were not handed out."""
+        await self._settle()
+        outcome, self._undelivered = self._undelivered, None
+        return outcome
 
     async def _require_share_set(self) -> ShareSet:
         shares = await self.share_set()
