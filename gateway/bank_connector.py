@@ -15,7 +15,7 @@ import grpc
 
 from cardlink.bank.v1 import bank_core_pb2 as pb
 from cardlink.bank.v1 import bank_core_pb2_grpc
-from common.errors import Internal
+from common.errors import Internal, InvalidArgument
 from gateway.connectors import CallPolicy, call_with_policy
 from gateway.models import Money
 from gateway.ports import CodeResult, CreditDecision, Verification
@@ -77,7 +77,10 @@ class GrpcBank:
         request = pb.DecideCreditRequest(card_token=card_token, user=user, idempotency_key=key)
         reply = await self._call(tenant_of(user), self._stub.DecideCredit, request)
         if reply.outcome == pb.DecideCreditResponse.OUTCOME_APPROVED:
-            limit = Money.parse(reply.limit.currency_code, reply.limit.units_minor, "limit")
+            try:
+                limit = Money.parse(reply.limit.currency_code, reply.limit.units_minor, "limit")
+            except InvalidArgument:  # the bank's fault, not the caller's: nothing is stored
+                raise Internal("BANK_PROTOCOL", "the bank approved with an invalid limit") from None
             return CreditDecision(True, reply.account_id, limit, reply.tier, "")
         if reply.outcome == pb.DecideCreditResponse.OUTCOME_DECLINED:
             return CreditDecision(False, "", None, "", reply.decline_reason or "DECLINED")

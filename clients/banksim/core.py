@@ -14,7 +14,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -61,6 +61,16 @@ class Books:
     stats: Stats = field(default_factory=Stats)
 
 
+def _in_breach(reply: R) -> R:
+    """``reply`` as a bank in breach of the contract sends it (MODE_MALFORMED)."""
+    if isinstance(reply, pb.DecideCreditResponse) and reply.HasField("limit"):
+        broken = pb.DecideCreditResponse()
+        broken.CopyFrom(reply)
+        broken.limit.currency_code = ""
+        return cast(R, broken)
+    return type(reply)()
+
+
 class BankCoreServicer(bank_core_pb2_grpc.BankCoreServicer):
     def __init__(
         self,
@@ -105,7 +115,7 @@ class BankCoreServicer(bank_core_pb2_grpc.BankCoreServicer):
         if not replay and (mode == sim.MODE_TIMEOUT
                            or (hold_also is not None and await hold_also(reply))):
             await self._hold(context)
-        return reply
+        return _in_breach(reply) if mode == sim.MODE_MALFORMED else reply
 
     async def _hold(self, context: Context) -> None:
         """Answer only after the caller has given up (the work is already done)."""

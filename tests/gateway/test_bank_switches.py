@@ -9,6 +9,8 @@
   and the check pending; the retry (same code, any request id) gets the bank's first
   answer, the bank does the work once.
 - Latency under the deadline: the normal outcome, later; over it: as TIMEOUT.
+- MALFORMED (an answer in breach of the contract): INTERNAL BANK_PROTOCOL, never
+  blamed on the caller nor stored; the retry under the same request id recovers.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import uuid
 
 from cardlink.bank.v1 import simulator_pb2 as sim
 from cardlink.gateway.v1 import resources_pb2
-from clients.sdk import InvalidArgument, Unavailable
+from clients.sdk import Internal, InvalidArgument, Unavailable
 from tests.gateway.conftest import (
     ALICE,
     BANK_DEADLINE_S,
@@ -163,6 +165,28 @@ async def test_credit_switches_and_timeout_retry_makes_one_line(stack: Stack) ->
     assert (await stack.stats()).credit_decisions == decisions  # resolved, not decided again
     other = await refused(sdk.activate_credit_line("u-8", binding.name))
     assert other.reason == "CREDIT_LINE_EXISTS"
+
+
+async def test_a_malformed_bank_answer_is_the_bank_s_error_and_a_retry_recovers(
+        stack: Stack) -> None:
+    sdk = await stack.sdk()
+    request_id = str(uuid.uuid4())
+    await stack.switch(sim.CALL_KIND_VERIFY_HOLDER, sim.MODE_MALFORMED, times=1)
+    broken = await refused(sdk.create_binding("u-11", ALICE, default_consent(),
+                                              request_id=request_id))
+    assert isinstance(broken, Internal) and broken.reason == "BANK_PROTOCOL"
+    binding = await sdk.create_binding("u-11", ALICE, default_consent(),
+                                       request_id=request_id)
+    binding = await sdk.confirm_binding(binding.name, await stack.code_for(ALICE))
+
+    await stack.switch(sim.CALL_KIND_DECIDE_CREDIT, sim.MODE_MALFORMED, times=1)
+    bad_limit = await refused(sdk.activate_credit_line("u-11", binding.name,
+                                                       request_id=request_id))
+    assert isinstance(bad_limit, Internal) and bad_limit.reason == "BANK_PROTOCOL"
+    assert not bad_limit.violations  # nothing the caller sent was wrong
+    line = await sdk.activate_credit_line("u-11", binding.name, request_id=request_id)
+    assert line.state == Line.STATE_ACTIVE and line.limit.currency_code == "EUR"
+    assert (await stack.stats()).credit_decisions == 1  # the bank decided once
 
 
 async def test_vault_down_is_unavailable_and_writes_nothing(stack: Stack) -> None:

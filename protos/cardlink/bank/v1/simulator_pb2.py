@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n cardlink/bank/v1/simulator.proto\x12\x10\x63\x61rdlink.bank.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\"\xbd\x01\n\x12SetBehaviorRequest\x12.\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.cardlink.bank.v1.CallKindB\x04\xe2\x41\x01\x02\x12*\n\x04mode\x18\x02 \x01(\x0e\x32\x16.cardlink.bank.v1.ModeB\x04\xe2\x41\x01\x02\x12\x36\n\radded_latency\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x13\n\x05times\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01\"\x17\n\x15ResetBehaviorsRequest\")\n\x12GetLastCodeRequest\x12\x13\n\x05phone\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\")\n\x13GetLastCodeResponse\x12\x12\n\x04\x63ode\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\"\x11\n\x0fGetStatsRequest\"\xa3\x01\n\x10GetStatsResponse\x12\x1b\n\rverifications\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x18\n\ncodes_sent\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63ode_checks\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1e\n\x10\x63redit_decisions\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x64\x65tokenizations\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x03*\x8e\x01\n\x08\x43\x61llKind\x12\x19\n\x15\x43\x41LL_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43\x41LL_KIND_VERIFY_HOLDER\x10\x01\x12\x18\n\x14\x43\x41LL_KIND_CHECK_CODE\x10\x02\x12\x1b\n\x17\x43\x41LL_KIND_DECIDE_CREDIT\x10\x03\x12\x13\n\x0f\x43\x41LL_KIND_DEBIT\x10\x04*w\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bMODE_NORMAL\x10\x01\x12\x10\n\x0cMODE_DECLINE\x10\x02\x12\x0e\n\nMODE_ERROR\x10\x03\x12\x10\n\x0cMODE_TIMEOUT\x10\x04\x12\x14\n\x10MODE_UNAVAILABLE\x10\x05\x32\xe1\x02\n\x10SimulatorControl\x12K\n\x0bSetBehavior\x12$.cardlink.bank.v1.SetBehaviorRequest\x1a\x16.google.protobuf.Empty\x12Q\n\x0eResetBehaviors\x12\'.cardlink.bank.v1.ResetBehaviorsRequest\x1a\x16.google.protobuf.Empty\x12Z\n\x0bGetLastCode\x12$.cardlink.bank.v1.GetLastCodeRequest\x1a%.cardlink.bank.v1.GetLastCodeResponse\x12Q\n\x08GetStats\x12!.cardlink.bank.v1.GetStatsRequest\x1a\".cardlink.bank.v1.GetStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n cardlink/bank/v1/simulator.proto\x12\x10\x63\x61rdlink.bank.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\"\xbd\x01\n\x12SetBehaviorRequest\x12.\n\x04kind\x18\x01 \x01(\x0e\x32\x1a.cardlink.bank.v1.CallKindB\x04\xe2\x41\x01\x02\x12*\n\x04mode\x18\x02 \x01(\x0e\x32\x16.cardlink.bank.v1.ModeB\x04\xe2\x41\x01\x02\x12\x36\n\radded_latency\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x01\x12\x13\n\x05times\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x01\"\x17\n\x15ResetBehaviorsRequest\")\n\x12GetLastCodeRequest\x12\x13\n\x05phone\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\")\n\x13GetLastCodeResponse\x12\x12\n\x04\x63ode\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\"\x11\n\x0fGetStatsRequest\"\xa3\x01\n\x10GetStatsResponse\x12\x1b\n\rverifications\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x18\n\ncodes_sent\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x63ode_checks\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1e\n\x10\x63redit_decisions\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x64\x65tokenizations\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x03*\x8e\x01\n\x08\x43\x61llKind\x12\x19\n\x15\x43\x41LL_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43\x41LL_KIND_VERIFY_HOLDER\x10\x01\x12\x18\n\x14\x43\x41LL_KIND_CHECK_CODE\x10\x02\x12\x1b\n\x17\x43\x41LL_KIND_DECIDE_CREDIT\x10\x03\x12\x13\n\x0f\x43\x41LL_KIND_DEBIT\x10\x04*\x8b\x01\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bMODE_NORMAL\x10\x01\x12\x10\n\x0cMODE_DECLINE\x10\x02\x12\x0e\n\nMODE_ERROR\x10\x03\x12\x10\n\x0cMODE_TIMEOUT\x10\x04\x12\x14\n\x10MODE_UNAVAILABLE\x10\x05\x12\x12\n\x0eMODE_MALFORMED\x10\x06\x32\xe1\x02\n\x10SimulatorControl\x12K\n\x0bSetBehavior\x12$.cardlink.bank.v1.SetBehaviorRequest\x1a\x16.google.protobuf.Empty\x12Q\n\x0eResetBehaviors\x12\'.cardlink.bank.v1.ResetBehaviorsRequest\x1a\x16.google.protobuf.Empty\x12Z\n\x0bGetLastCode\x12$.cardlink.bank.v1.GetLastCodeRequest\x1a%.cardlink.bank.v1.GetLastCodeResponse\x12Q\n\x08GetStats\x12!.cardlink.bank.v1.GetStatsRequest\x1a\".cardlink.bank.v1.GetStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -58,8 +58,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATSRESPONSE'].fields_by_name['detokenizations']._serialized_options = b'\342A\001\003'
   _globals['_CALLKIND']._serialized_start=637
   _globals['_CALLKIND']._serialized_end=779
-  _globals['_MODE']._serialized_start=781
-  _globals['_MODE']._serialized_end=900
+  _globals['_MODE']._serialized_start=782
+  _globals['_MODE']._serialized_end=921
   _globals['_SETBEHAVIORREQUEST']._serialized_start=149
   _globals['_SETBEHAVIORREQUEST']._serialized_end=338
   _globals['_RESETBEHAVIORSREQUEST']._serialized_start=340
@@ -72,6 +72,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATSREQUEST']._serialized_end=468
   _globals['_GETSTATSRESPONSE']._serialized_start=471
   _globals['_GETSTATSRESPONSE']._serialized_end=634
-  _globals['_SIMULATORCONTROL']._serialized_start=903
-  _globals['_SIMULATORCONTROL']._serialized_end=1256
+  _globals['_SIMULATORCONTROL']._serialized_start=924
+  _globals['_SIMULATORCONTROL']._serialized_end=1277
 # @@protoc_insertion_point(module_scope)

@@ -70,6 +70,11 @@ class _ModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Mode.ValueType],
     """Do the work, then hold the answer until the caller's deadline passes."""
     MODE_UNAVAILABLE: _Mode.ValueType  # 5
     """Answer UNAVAILABLE without doing any work, as a bank that is down."""
+    MODE_MALFORMED: _Mode.ValueType  # 6
+    """Do the work, then answer in breach of the contract: DecideCredit approves
+    with a limit that has no currency, every other call leaves out its outcome.
+    A repeat under the same idempotency key gets the correct answer.
+    """
 
 class Mode(_Mode, metaclass=_ModeEnumTypeWrapper):
     """How the simulator answers."""
@@ -86,6 +91,11 @@ MODE_TIMEOUT: Mode.ValueType  # 4
 """Do the work, then hold the answer until the caller's deadline passes."""
 MODE_UNAVAILABLE: Mode.ValueType  # 5
 """Answer UNAVAILABLE without doing any work, as a bank that is down."""
+MODE_MALFORMED: Mode.ValueType  # 6
+"""Do the work, then answer in breach of the contract: DecideCredit approves
+with a limit that has no currency, every other call leaves out its outcome.
+A repeat under the same idempotency key gets the correct answer.
+"""
 Global___Mode: _TypeAlias = Mode  # noqa: Y015
 
 @_typing.final
