@@ -195,6 +195,10 @@ class BindingService:
         stored = await self._store.load(user, value, now)
         if stored is None:  # pragma: no cover - the script just created or found it
             raise NotFound("BINDING_NOT_FOUND", "binding not found")
+        if status == "EXISTS" and stored.claim != claim:
+            # Our claim refreshed the card's owner value; give it back the one
+            # the existing binding holds, or unbinding it could not release the card.
+            await self._store.compare_and_set_owner(user.tenant, card.token, claim, stored.claim)
         if stored.binding.state is BindingState.PENDING_VERIFICATION:
             return await self._verify(name, stored)
         return stored.binding

@@ -120,3 +120,16 @@ async def test_bad_input_is_refused_and_writes_nothing(stack: Stack) -> None:
     keys = [k async for k in stack.redis.scan_iter(match=stack.gateway.keyspace.pattern)]
     assert keys == []
     assert (await stack.stats()).verifications == 0
+
+
+async def test_an_unbound_card_is_free_at_once_even_after_a_repeated_bind(stack: Stack) -> None:
+    """A second CreateBinding of the same card (another request id) answers with
+    the existing binding; unbinding that binding then frees the card for others."""
+    sdk = await stack.sdk()
+    binding = await sdk.create_binding("u-20", ALICE, default_consent())
+    again = await sdk.create_binding("u-20", ALICE, default_consent())
+    assert again.name == binding.name
+    await sdk.confirm_binding(binding.name, await stack.code_for(ALICE))
+    await sdk.unbind_binding(binding.name)
+    other = await sdk.create_binding("u-21", ALICE, default_consent())
+    assert other.state == Binding.STATE_PENDING_CODE
