@@ -108,8 +108,9 @@ class KeyLifecycle:
             # One after the read moves the generation, and the change is refused.
             root = await self._keyring.root_keys.root_key()
             if fields.get(ROOT_FIELD) != root.key_id:
-                raise FailedPrecondition(ROOT_KEY_MISMATCH, "the root key was rotated by "
-                                         "another vault process; unseal this one again")
+                raise FailedPrecondition(ROOT_KEY_MISMATCH, "this process does not hold the "
+                                         "keyring's root key (rotated by another process, or "
+                                         "a rotation here is unsettled); get the seal status")
             now = self._clock.now()
             previous = int(fields[current_field(kind)])
             versions = [i.version for i in _entries(fields) if i.kind == kind]

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NoReturn
 
 from redis.asyncio import Redis
@@ -142,13 +142,32 @@ class _Ceremony:
 
 
 @dataclass(frozen=True, slots=True)
+class _Asked:
+    """What a ceremony call asked for, and the share set its shares came from."""
+
+    kind: str
+    threshold: int
+    count: int
+    custodian_keys: tuple[bytes, ...]
+    share_set: int
+
+
+@dataclass(frozen=True, slots=True)
 class _Unsettled:
     """A ceremony whose keyring change may have landed: its reply was lost."""
 
     marker: str
+    asked: _Asked
     outcome: CeremonyOutcome
     old_root: RootKey
     new_root: RootKey
+
+
+def _share_set_of(mnemonic: str) -> int | None:
+    try:
+        return int(Share.from_mnemonic(mnemonic.strip()).identifier)
+    except (MnemonicError, ValueError):
+        return None
 
 
 def check_share_parameters(threshold: int, count: int) -> None:
@@ -215,7 +234,7 @@ class ShamirRootKeys:
         self._root: RootKey | None = None
         self._ceremony: _Ceremony | None = None
         self._unsettled: _Unsettled | None = None
-        self._undelivered: CeremonyOutcome | None = None  # landed, shares not handed out
+        self._undelivered: _Unsettled | None = None  # landed, shares not handed out yet
         self._keyring: Keyring | None = None
 
     def attach(self, keyring: Keyring) -> None:
@@ -236,6 +255,8 @@ class ShamirRootKeys:
     def seal(self) -> None:
         self._root = None
         self._ceremony = None
+        # An unsealed process alone could hand them out; unsealing starts afresh.
+        self._unsettled = self._undelivered = None
         if self._keyring is not None:
             self._keyring.invalidate()
 
@@ -299,7 +320,7 @@ class ShamirRootKeys:
         check_share_parameters(threshold, count)
         keys = check_custodian_keys(custodian_keys, count)
         await self.root_key()  # only an unsealed process runs ceremonies
-        landed = await self._landed()
+        landed = await self._landed(kind, threshold, count, keys, mnemonic)
         if landed is not None:  # the retry of a ceremony whose reply was lost
             return landed
         shares = await self._require_share_set()
@@ -323,52 +344,62 @@ class ShamirRootKeys:
             return {**rewrapped, ROOT_FIELD: new.key_id,
                     **_share_set_fields(identifier, threshold, count)}
 
-        return await self._commit(changes, outcome, old, new)
+        asked = _Asked(kind, threshold, count, keys, shares.identifier)
+        return await self._commit(changes, _Unsettled("", asked, outcome, old, new), mnemonic)
 
     async def _commit(self, changes: Callable[[Mapping[str, str]], dict[str, str]],
-                      outcome: CeremonyOutcome, old: RootKey, new: RootKey) -> CeremonyOutcome:
+                      ceremony: _Unsettled, mnemonic: str) -> CeremonyOutcome:
         assert self._keyring is not None
         marker = secrets.token_hex(16)
         for _ in range(8):
             fields = await read_fields(self._redis, self._keys_key)
-            self._root = new  # the refresh inside change() must open the new keyring
+            change = {**changes(fields), CEREMONY_FIELD: marker}
+            self._root = ceremony.new_root  # the refresh inside change() opens the new keyring
             try:
-                changed = await self._keyring.change(
-                    fields[GENERATION_FIELD], {**changes(fields), CEREMONY_FIELD: marker})
+                changed = await self._keyring.change(fields[GENERATION_FIELD], change)
             except BaseException as error:
                 # Landed or not? If Redis cannot tell now (or the call was
                 # cancelled), the next ceremony or status call settles it.
-                self._unsettled = _Unsettled(marker, outcome, old, new)
+                self._unsettled = replace(ceremony, marker=marker)
                 if not isinstance(error, CardLinkError):
                     raise
-                landed = await self._landed()
+                asked = ceremony.asked
+                landed = await self._landed(asked.kind, asked.threshold, asked.count,
+                                            asked.custodian_keys, mnemonic)
                 if landed is None:
                     raise
                 return landed
             if changed:
-                return outcome
-            self._root = old
+                return ceremony.outcome
+            self._root = ceremony.old_root
         raise FailedPrecondition(KEYRING_BUSY, "the keyring kept changing; retry the ceremony")
 
     async def _settle(self) -> None:
         """Whether a ceremony whose reply was lost landed: then this process holds
-        the new root and keeps the outcome for the next ceremony call; else the old."""
+        the new root and keeps the outcome for the ceremony's retry; else the old."""
         unsettled = self._unsettled
         if unsettled is None:
             return
         fields = await read_fields(self._redis, self._keys_key)
         self._unsettled = None
         landed = fields.get(CEREMONY_FIELD) == unsettled.marker
-        self._root = unsettled.new_root if landed else unsettled.old_root
-        self._undelivered = unsettled.outcome if landed else None
+        if self._root is unsettled.new_root:  # not sealed or unsealed again meanwhile
+            self._root = unsettled.new_root if landed else unsettled.old_root
+        self._undelivered = unsettled if landed else None
         if self._keyring is not None:
             self._keyring.invalidate()
 
-    async def _landed(self) -> CeremonyOutcome | None:
-        """The outcome of a ceremony that landed but whose shares were not handed out."""
+    async def _landed(self, kind: str, threshold: int, count: int,
+                      keys: tuple[bytes, ...], mnemonic: str) -> CeremonyOutcome | None:
+        """The shares of a ceremony that landed but whose reply was lost, for its
+        retry only: the same request, with a share of the set it replaced."""
         await self._settle()
-        outcome, self._undelivered = self._undelivered, None
-        return outcome
+        landed = self._undelivered
+        if landed is None or landed.asked != _Asked(kind, threshold, count, keys,
+                                                     _share_set_of(mnemonic) or -1):
+            return None
+        self._undelivered = None
+        return landed.outcome
 
     async def _require_share_set(self) -> ShareSet:
         shares = await self.share_set()

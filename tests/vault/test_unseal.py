@@ -242,25 +242,26 @@ def _rotate_root(vault: VaultHandle, share: str,
         custodian_public_keys=public_keys(keys)), metadata=vault.security())
 
 
-def _reply_lost_after_the_write(monkeypatch: pytest.MonkeyPatch, keyring: Any, *,
-                                then_silent: bool) -> None:
-    """The keyring change lands in Redis, then its caller sees the store fail
-    (a connection dropped before the reply), once; ``then_silent``: the next
-    read of the keyring fails too."""
+def _write_fails(monkeypatch: pytest.MonkeyPatch, keyring: Any, *, landed: bool,
+                 then_silent: bool) -> None:
+    """The next keyring change fails for its caller (UNAVAILABLE, once), after
+    landing in Redis (a connection dropped before the reply) or not;
+    ``then_silent``: the next read of the keyring fails too."""
     change, read = keyring.change, keyring_module.read_fields
 
     async def read_fails(*args: Any) -> Any:
         monkeypatch.setattr("vault.unseal.read_fields", read)
         raise Unavailable(STORE_UNAVAILABLE, "the vault store is unavailable; retry")
 
-    async def lost(*args: Any) -> bool:
+    async def fails(*args: Any) -> bool:
         monkeypatch.setattr(keyring, "change", change)
-        await change(*args)
+        if landed:
+            await change(*args)
         if then_silent:
             monkeypatch.setattr("vault.unseal.read_fields", read_fails)
         raise Unavailable(STORE_UNAVAILABLE, "the vault store is unavailable; retry")
 
-    monkeypatch.setattr(keyring, "change", lost)
+    monkeypatch.setattr(keyring, "change", fails)
 
 
 @pytest.mark.parametrize("redis_answers_at_once", [True, False])
@@ -279,8 +280,8 @@ async def test_a_root_rotation_whose_reply_is_lost_still_hands_out_its_shares(
         name = await tokenize(vault)
         for share in shares[:K - 1]:
             assert not (await _rotate_root(vault, share, two)).complete
-        _reply_lost_after_the_write(monkeypatch, vault.vault.service.keyring,
-                                    then_silent=not redis_answers_at_once)
+        _write_fails(monkeypatch, vault.vault.service.keyring, landed=True,
+                     then_silent=not redis_answers_at_once)
         if redis_answers_at_once:
             rotated = await _rotate_root(vault, shares[K - 1], two)
         else:
@@ -292,6 +293,9 @@ async def test_a_root_rotation_whose_reply_is_lost_still_hands_out_its_shares(
             status = await vault.admin.GetSealStatus(admin_pb2.GetSealStatusRequest(),
                                                      metadata=vault.security())
             assert not status.sealed  # it settles, and keeps the shares for the retry
+            # Not for another request (here: other custodian keys).
+            other = await _refused(_rotate_root(vault, shares[0], custodian_keys(2)))
+            assert other == "SHARE_WRONG_SET"
             rotated = await _rotate_root(vault, shares[0], two)
         assert rotated.complete and len(rotated.sealed_shares) == 2
         newest = open_shares(rotated.sealed_shares, two)
@@ -301,6 +305,39 @@ async def test_a_root_rotation_whose_reply_is_lost_still_hands_out_its_shares(
         assert await refused(vault, shares[0]) == "SHARE_WRONG_SET"
         await unseal(vault, newest[0])
         assert not (await unseal(vault, newest[1])).sealed
+        assert (await detokenize(vault, name)).pan == card().pan
+
+
+async def _refused(call: Any) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return str(error_from_rpc(caught.value).reason)
+
+
+async def test_a_root_rotation_that_did_not_land_leaves_the_old_root_in_place(
+        redis_url: str, key_prefix: str, tmp_path: Path,
+        world: tuple[ManualClock, Identities], monkeypatch: pytest.MonkeyPatch) -> None:
+    clock, identities = world
+    two = custodian_keys(2)
+    async with production(redis_url, key_prefix, tmp_path, clock, identities) as vault:
+        shares = await init(vault)
+        for share in shares[:K]:
+            await unseal(vault, share)
+        name = await tokenize(vault)
+        for share in shares[:K - 1]:
+            await _rotate_root(vault, share, two)
+        _write_fails(monkeypatch, vault.vault.service.keyring, landed=False, then_silent=True)
+        assert await _refused(_rotate_root(vault, shares[K - 1], two)) == "STORE_UNAVAILABLE"
+        status = await vault.admin.GetSealStatus(admin_pb2.GetSealStatusRequest(),
+                                                 metadata=vault.security())
+        assert not status.sealed and status.progress == 0  # settled: the old root, afresh
+        assert (await detokenize(vault, name)).pan == card().pan
+        step = await _rotate_root(vault, shares[0], two)
+        assert not step.complete and step.progress == 1  # the ceremony starts over
+
+    async with production(redis_url, key_prefix, tmp_path, clock, identities) as vault:
+        for share in shares[K:] + shares[:1]:  # the old shares still open the vault
+            await unseal(vault, share)
         assert (await detokenize(vault, name)).pan == card().pan
 
 
@@ -331,3 +368,27 @@ async def test_a_key_rotation_racing_a_root_rotation_wraps_under_the_new_root(
         await vault.vault.service.keyring.refresh()  # KEYRING_CORRUPT before the fix
         assert (await detokenize(vault, name)).pan == card().pan
         assert (await detokenize(vault, await tokenize(vault))).pan == card().pan
+
+
+async def test_a_process_that_missed_a_root_rotation_refuses_to_rotate_keys(
+        redis_url: str, key_prefix: str, tmp_path: Path,
+        world: tuple[ManualClock, Identities]) -> None:
+    """A KEK rotation on a process still holding the old root would wrap the new
+    version under it, and no process could load the keyring again."""
+    clock, identities = world
+    two = custodian_keys(2)
+    async with production(redis_url, key_prefix, tmp_path, clock, identities) as first, \
+            production(redis_url, key_prefix, tmp_path, clock, identities) as second:
+        shares = await init(first)
+        for vault in (first, second):
+            for share in shares[:K]:
+                await unseal(vault, share)
+        name = await tokenize(first)
+        for share in shares[:K]:
+            rotated = await _rotate_root(second, share, two)
+        assert rotated.complete
+        refusal = await _refused(first.admin.RotateKey(
+            admin_pb2.RotateKeyRequest(kind=admin_pb2.KEY_KIND_KEK), metadata=first.security()))
+        assert refusal == "ROOT_KEY_MISMATCH"
+        await second.vault.service.keyring.refresh()  # still loads: nothing was written
+        assert (await detokenize(second, name)).pan == card().pan
