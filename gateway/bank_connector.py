@@ -80,7 +80,10 @@ class GrpcBank:
             try:
                 limit = Money.parse(reply.limit.currency_code, reply.limit.units_minor, "limit")
             except InvalidArgument:  # the bank's fault, not the caller's: nothing is stored
-                raise Internal("BANK_PROTOCOL", "the bank approved with an invalid limit") from None
+                limit = None
+            if limit is None or limit.units_minor == 0 or not reply.account_id:
+                raise Internal("BANK_PROTOCOL", "the bank approved without a valid limit "
+                               "and account")
             return CreditDecision(True, reply.account_id, limit, reply.tier, "")
         if reply.outcome == pb.DecideCreditResponse.OUTCOME_DECLINED:
             return CreditDecision(False, "", None, "", reply.decline_reason or "DECLINED")

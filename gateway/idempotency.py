@@ -47,7 +47,7 @@ _RETRYABLE = (errors.Unavailable, errors.Aborted, errors.DeadlineExceeded, error
 
 # Fields: st (pending|released|done), fp (request fingerprint), own (claim
 # owner), lease (Redis time in ms until which a pending claim holds), body.
-# The record lives for the retention from its first claim on, so its
+# The record lives for the retention from its last claim on, so its
 # fingerprint outlives a released or abandoned claim. Redis's own clock
 # times the lease: it bounds real latency across processes, not business time.
 # ARGV: fingerprint, owner, lease ms, retention s.
@@ -57,10 +57,14 @@ if rec[1] and rec[2] ~= ARGV[1] then return {'MISMATCH', ''} end
 if rec[1] == 'done' then return {'DONE', rec[4]} end
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-if rec[1] == 'pending' and (tonumber(rec[3]) or 0) > now_ms then return {'PENDING', ''} end
+-- A pending record without a lease predates leases as fields: it holds
+-- until its TTL (the old lease) runs out.
+if rec[1] == 'pending' and (not rec[3] or tonumber(rec[3]) > now_ms) then
+  return {'PENDING', ''}
+end
 redis.call('HSET', KEYS[1], 'st', 'pending', 'fp', ARGV[1], 'own', ARGV[2],
            'lease', now_ms + tonumber(ARGV[3]))
-if not rec[1] then redis.call('EXPIRE', KEYS[1], ARGV[4]) end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
 return {'CLAIMED', ''}
 """
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
+
 from cardlink.bank.v1 import simulator_pb2 as sim
 from cardlink.gateway.v1 import resources_pb2
 from clients.sdk import Aborted, InvalidArgument, Unavailable
+from common.redis_client import connect
+from gateway.idempotency import Codec, IdempotencySettings, IdempotencyStore
+from gateway.keys import Keyspace
 from tests.gateway.conftest import ALICE, DAVE, ERIN, Stack, default_consent, refused
 
 Binding = resources_pb2.Binding
@@ -132,3 +137,30 @@ async def test_records_expire_after_the_retention(stack: Stack) -> None:
     key = stack.gateway.keyspace.idempotency("acme", "CreateBinding", request_id)
     ttl = await stack.redis.ttl(key)
     assert 3500 < ttl <= 3600  # the configured retention (conftest: 3600 s)
+
+
+async def test_a_claim_from_before_leases_were_fields_still_holds(
+        redis_url: str, key_prefix: str) -> None:
+    """During a rolling upgrade, a request in flight on an old process (a pending
+    record whose TTL is its lease) is not run a second time by a new one."""
+    redis = connect(redis_url)
+    try:
+        store = IdempotencyStore(redis, Keyspace(key_prefix), IdempotencySettings(wait_s=0.05))
+        key = Keyspace(key_prefix).idempotency("acme", "CreateBinding", "r-1")
+        await redis.hset(key, mapping={"st": "pending", "fp": "f", "own": "old-process"})
+        await redis.pexpire(key, 30_000)
+        ran: list[str] = []
+
+        async def work() -> str:
+            ran.append("again")
+            return "done"
+
+        codec = Codec[str](dump=str, load=str)
+        with pytest.raises(Aborted) as busy:
+            await store.run("acme", "CreateBinding", "r-1", "f", work, codec)
+        assert busy.value.reason == "REQUEST_IN_PROGRESS" and ran == []
+        await redis.delete(key)  # its lease ran out: a new process claims it
+        assert await store.run("acme", "CreateBinding", "r-1", "f", work, codec) == "done"
+        assert 3500 < await redis.ttl(key) <= 86_400
+    finally:
+        await redis.aclose()
