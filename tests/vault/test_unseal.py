@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +265,32 @@ def _write_fails(monkeypatch: pytest.MonkeyPatch, keyring: Any, *, landed: bool,
     monkeypatch.setattr(keyring, "change", fails)
 
 
+@dataclass(frozen=True)
+class _Underway:
+    """An unsealed production vault holding one token, with a root rotation to two
+    new custodians one share short of complete."""
+
+    vault: VaultHandle
+    shares: list[str]
+    token: str
+    custodians: list[X25519PrivateKey]
+
+
+@asynccontextmanager
+async def _rotation_underway(redis_url: str, prefix: str, folder: Path,
+                             world: tuple[ManualClock, Identities]) -> AsyncIterator[_Underway]:
+    clock, identities = world
+    two = custodian_keys(2)
+    async with production(redis_url, prefix, folder, clock, identities) as vault:
+        shares = await init(vault)
+        for share in shares[:K]:
+            await unseal(vault, share)
+        name = await tokenize(vault)
+        for share in shares[:K - 1]:
+            assert not (await _rotate_root(vault, share, two)).complete
+        yield _Underway(vault, shares, name, two)
+
+
 @pytest.mark.parametrize("redis_answers_at_once", [True, False])
 async def test_a_root_rotation_whose_reply_is_lost_still_hands_out_its_shares(
         redis_url: str, key_prefix: str, tmp_path: Path,
@@ -272,14 +299,9 @@ async def test_a_root_rotation_whose_reply_is_lost_still_hands_out_its_shares(
     """Dropping the new shares of a rotation that landed would leave every
     record under a root nobody holds."""
     clock, identities = world
-    two = custodian_keys(2)
-    async with production(redis_url, key_prefix, tmp_path, clock, identities) as vault:
-        shares = await init(vault)
-        for share in shares[:K]:
-            await unseal(vault, share)
-        name = await tokenize(vault)
-        for share in shares[:K - 1]:
-            assert not (await _rotate_root(vault, share, two)).complete
+    async with _rotation_underway(redis_url, key_prefix, tmp_path, world) as underway:
+        vault, shares, name, two = (underway.vault, underway.shares, underway.token,
+                                    underway.custodians)
         _write_fails(monkeypatch, vault.vault.service.keyring, landed=True,
                      then_silent=not redis_answers_at_once)
         if redis_answers_at_once:
@@ -318,14 +340,9 @@ async def test_a_root_rotation_that_did_not_land_leaves_the_old_root_in_place(
         redis_url: str, key_prefix: str, tmp_path: Path,
         world: tuple[ManualClock, Identities], monkeypatch: pytest.MonkeyPatch) -> None:
     clock, identities = world
-    two = custodian_keys(2)
-    async with production(redis_url, key_prefix, tmp_path, clock, identities) as vault:
-        shares = await init(vault)
-        for share in shares[:K]:
-            await unseal(vault, share)
-        name = await tokenize(vault)
-        for share in shares[:K - 1]:
-            await _rotate_root(vault, share, two)
+    async with _rotation_underway(redis_url, key_prefix, tmp_path, world) as underway:
+        vault, shares, name, two = (underway.vault, underway.shares, underway.token,
+                                    underway.custodians)
         _write_fails(monkeypatch, vault.vault.service.keyring, landed=False, then_silent=True)
         assert await _refused(_rotate_root(vault, shares[K - 1], two)) == "STORE_UNAVAILABLE"
         status = await vault.admin.GetSealStatus(admin_pb2.GetSealStatusRequest(),
@@ -344,15 +361,9 @@ async def test_a_root_rotation_that_did_not_land_leaves_the_old_root_in_place(
 async def test_a_key_rotation_racing_a_root_rotation_wraps_under_the_new_root(
         redis_url: str, key_prefix: str, tmp_path: Path,
         world: tuple[ManualClock, Identities], monkeypatch: pytest.MonkeyPatch) -> None:
-    clock, identities = world
-    two = custodian_keys(2)
-    async with production(redis_url, key_prefix, tmp_path, clock, identities) as vault:
-        shares = await init(vault)
-        for share in shares[:K]:
-            await unseal(vault, share)
-        name = await tokenize(vault)
-        for share in shares[:K - 1]:
-            await _rotate_root(vault, share, two)
+    async with _rotation_underway(redis_url, key_prefix, tmp_path, world) as underway:
+        vault, shares, name, two = (underway.vault, underway.shares, underway.token,
+                                    underway.custodians)
         read = keyring_module.read_fields
 
         async def root_rotated_meanwhile(*args: Any) -> Any:
