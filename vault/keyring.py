@@ -89,6 +89,16 @@ if #ARGV > 2 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 3 + 2 * n)) e
 return redis.call('HINCRBY', KEYS[1], 'gen', 1)
 """
 
+# Whether the change carrying marker ARGV[2] (in field ARGV[1]) landed: 1 if
+# so. If not, the generation moves on, so that change, should it still reach
+# Redis (sent before its connection broke), finds another generation than it
+# expects and is refused: "did not land" stays true.
+_FENCE_SCRIPT = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return 1 end
+redis.call('HINCRBY', KEYS[1], 'gen', 1)
+return 0
+"""
+
 # Adds the audit MAC key to a keyring created before it existed, once.
 _ADD_AUDIT_SCRIPT = """
 if redis.call('HEXISTS', KEYS[1], 'audit:current') == 1 then return 0 end
@@ -457,6 +467,7 @@ class Keyring:
         self._init_script = redis.register_script(_INIT_SCRIPT)
         self._add_audit_script = redis.register_script(_ADD_AUDIT_SCRIPT)
         self._change_script = redis.register_script(_CHANGE_SCRIPT)
+        self._fence_script = redis.register_script(_FENCE_SCRIPT)
 
     @property
     def key(self) -> str:
@@ -489,6 +500,12 @@ class Keyring:
         if moved:
             await self.refresh()  # this process sees its own change at once
         return bool(moved)
+
+    async def landed(self, field: str, marker: str) -> bool:
+        """Whether the change that set ``field`` to ``marker`` landed; if it did not,
+        it never will (for a change whose reply was lost)."""
+        with redis_errors():
+            return bool(await self._fence_script(keys=[self._key], args=[field, marker]))
 
     def invalidate(self) -> None:
         """Drop the cached snapshot (after the root key changed, or a seal)."""

@@ -255,7 +255,7 @@ class ShamirRootKeys:
     def seal(self) -> None:
         self._root = None
         self._ceremony = None
-        # An unsealed process alone could hand them out; unsealing starts afresh.
+        # Only an unsealed process hands shares out; unsealing starts afresh.
         self._unsettled = self._undelivered = None
         if self._keyring is not None:
             self._keyring.invalidate()
@@ -321,7 +321,7 @@ class ShamirRootKeys:
         keys = check_custodian_keys(custodian_keys, count)
         await self.root_key()  # only an unsealed process runs ceremonies
         landed = await self._landed(kind, threshold, count, keys, mnemonic)
-        if landed is not None:  # the retry of a ceremony whose reply was lost
+        if landed is not None:  # a retry of a ceremony whose reply was lost
             return landed
         shares = await self._require_share_set()
         secret = await self._submit(kind, mnemonic, threshold, count, keys)
@@ -338,6 +338,11 @@ class ShamirRootKeys:
         del mnemonics
 
         def changes(fields: Mapping[str, str]) -> dict[str, str]:
+            if (fields.get(ROOT_FIELD), fields.get(SHARES_ID_FIELD)) != (
+                    old.key_id, str(shares.identifier)):
+                # Another process rotated or rekeyed meanwhile: these shares are stale.
+                raise FailedPrecondition(CEREMONY_MISMATCH, "the root key or share set "
+                                         "changed during the ceremony; start it again")
             rewrapped = {} if new is old else {
                 f: rewrap_entry(old, new, f, v) for f, v in fields.items()
                 if parse_entry_field(f) is not None}
@@ -370,35 +375,39 @@ class ShamirRootKeys:
                     raise
                 return landed
             if changed:
+                self._undelivered = None  # an older ceremony's retry has nothing to get now
                 return ceremony.outcome
             self._root = ceremony.old_root
         raise FailedPrecondition(KEYRING_BUSY, "the keyring kept changing; retry the ceremony")
 
     async def _settle(self) -> None:
         """Whether a ceremony whose reply was lost landed: then this process holds
-        the new root and keeps the outcome for the ceremony's retry; else the old."""
+        the new root and keeps the outcome for the ceremony's retries; else the old
+        root, and the change is fenced off so that it never lands late."""
         unsettled = self._unsettled
-        if unsettled is None:
+        if unsettled is None or self._keyring is None:
             return
-        fields = await read_fields(self._redis, self._keys_key)
+        landed = await self._keyring.landed(CEREMONY_FIELD, unsettled.marker)
+        if self._unsettled is not unsettled:
+            return  # a concurrent call settled it (or a seal forgot it) meanwhile
         self._unsettled = None
-        landed = fields.get(CEREMONY_FIELD) == unsettled.marker
         if self._root is unsettled.new_root:  # not sealed or unsealed again meanwhile
             self._root = unsettled.new_root if landed else unsettled.old_root
-        self._undelivered = unsettled if landed else None
-        if self._keyring is not None:
-            self._keyring.invalidate()
+        if landed:
+            self._undelivered = unsettled
+        self._keyring.invalidate()
 
     async def _landed(self, kind: str, threshold: int, count: int,
                       keys: tuple[bytes, ...], mnemonic: str) -> CeremonyOutcome | None:
         """The shares of a ceremony that landed but whose reply was lost, for its
-        retry only: the same request, with a share of the set it replaced."""
+        retries only: the same request, with a share of the set it replaced. They
+        stay until another ceremony lands: they open only with the custodians' keys,
+        and a reply that is lost again must not lose them."""
         await self._settle()
         landed = self._undelivered
         if landed is None or landed.asked != _Asked(kind, threshold, count, keys,
                                                      _share_set_of(mnemonic) or -1):
             return None
-        self._undelivered = None
         return landed.outcome
 
     async def _require_share_set(self) -> ShareSet:

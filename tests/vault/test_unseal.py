@@ -244,25 +244,29 @@ def _rotate_root(vault: VaultHandle, share: str,
 
 
 def _write_fails(monkeypatch: pytest.MonkeyPatch, keyring: Any, *, landed: bool,
-                 then_silent: bool) -> None:
+                 then_silent: bool) -> list[tuple[Any, ...]]:
     """The next keyring change fails for its caller (UNAVAILABLE, once), after
     landing in Redis (a connection dropped before the reply) or not;
-    ``then_silent``: the next read of the keyring fails too."""
-    change, read = keyring.change, keyring_module.read_fields
+    ``then_silent``: the read-back of whether it landed fails once too. Returns
+    where the failed change's arguments will be."""
+    change, read_back = keyring.change, keyring.landed
+    sent: list[tuple[Any, ...]] = []
 
-    async def read_fails(*args: Any) -> Any:
-        monkeypatch.setattr("vault.unseal.read_fields", read)
+    async def read_back_fails(*args: Any) -> bool:
+        monkeypatch.setattr(keyring, "landed", read_back)
         raise Unavailable(STORE_UNAVAILABLE, "the vault store is unavailable; retry")
 
     async def fails(*args: Any) -> bool:
         monkeypatch.setattr(keyring, "change", change)
+        sent.append(args)
         if landed:
             await change(*args)
         if then_silent:
-            monkeypatch.setattr("vault.unseal.read_fields", read_fails)
+            monkeypatch.setattr(keyring, "landed", read_back_fails)
         raise Unavailable(STORE_UNAVAILABLE, "the vault store is unavailable; retry")
 
     monkeypatch.setattr(keyring, "change", fails)
+    return sent
 
 
 @dataclass(frozen=True)
@@ -319,6 +323,8 @@ async def test_a_root_rotation_whose_reply_is_lost_still_hands_out_its_shares(
             other = await _refused(_rotate_root(vault, shares[0], custodian_keys(2)))
             assert other == "SHARE_WRONG_SET"
             rotated = await _rotate_root(vault, shares[0], two)
+            # Its reply may be lost too: the shares stay for every retry.
+            assert (await _rotate_root(vault, shares[1], two)) == rotated
         assert rotated.complete and len(rotated.sealed_shares) == 2
         newest = open_shares(rotated.sealed_shares, two)
         assert (await detokenize(vault, name)).pan == card().pan
@@ -343,7 +349,8 @@ async def test_a_root_rotation_that_did_not_land_leaves_the_old_root_in_place(
     async with _rotation_underway(redis_url, key_prefix, tmp_path, world) as underway:
         vault, shares, name, two = (underway.vault, underway.shares, underway.token,
                                     underway.custodians)
-        _write_fails(monkeypatch, vault.vault.service.keyring, landed=False, then_silent=True)
+        keyring = vault.vault.service.keyring
+        sent = _write_fails(monkeypatch, keyring, landed=False, then_silent=True)
         assert await _refused(_rotate_root(vault, shares[K - 1], two)) == "STORE_UNAVAILABLE"
         status = await vault.admin.GetSealStatus(admin_pb2.GetSealStatusRequest(),
                                                  metadata=vault.security())
@@ -351,6 +358,9 @@ async def test_a_root_rotation_that_did_not_land_leaves_the_old_root_in_place(
         assert (await detokenize(vault, name)).pan == card().pan
         step = await _rotate_root(vault, shares[0], two)
         assert not step.complete and step.progress == 1  # the ceremony starts over
+        # The write that did not land never will (as if it were still in a dead
+        # connection's buffer): the read-back moved the generation it expects.
+        assert not await keyring.change(*sent[0])
 
     async with production(redis_url, key_prefix, tmp_path, clock, identities) as vault:
         for share in shares[K:] + shares[:1]:  # the old shares still open the vault
@@ -403,3 +413,46 @@ async def test_a_process_that_missed_a_root_rotation_refuses_to_rotate_keys(
         assert refusal == "ROOT_KEY_MISMATCH"
         await second.vault.service.keyring.refresh()  # still loads: nothing was written
         assert (await detokenize(second, name)).pan == card().pan
+
+
+async def test_a_rekey_that_loses_the_race_to_another_root_rotation_starts_over(
+        redis_url: str, key_prefix: str, tmp_path: Path,
+        world: tuple[ManualClock, Identities], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between one process's rekey checking its shares and writing, another
+    completes a root rotation: the rekey must not write the old root's share set
+    over a keyring rewrapped under the new root (no share could open it then)."""
+    clock, identities = world
+    three = custodian_keys(3)
+    rotations: list[Any] = []
+    async with _rotation_underway(redis_url, key_prefix, tmp_path, world) as underway, \
+            production(redis_url, key_prefix, tmp_path, clock, identities) as other:
+        shares, two = underway.shares, underway.custodians
+        for share in shares[:K]:
+            await unseal(other, share)
+        keyring = other.vault.service.keyring
+        change = keyring.change
+
+        async def rotated_meanwhile(*args: Any) -> bool:
+            monkeypatch.setattr(keyring, "change", change)
+            rotations.append(await _rotate_root(underway.vault, shares[K - 1], two))
+            return await change(*args)  # refused: the generation moved
+
+        def rekey(share: str) -> Any:
+            return other.admin.RekeyRoot(admin_pb2.RekeyRootRequest(
+                share=share, threshold=2, share_count=3,
+                custodian_public_keys=public_keys(three)), metadata=other.security())
+
+        for share in shares[:K - 1]:
+            await rekey(share)
+        monkeypatch.setattr(keyring, "change", rotated_meanwhile)
+        # CEREMONY_MISMATCH, or ROOT_KEY_MISMATCH from writing that refusal to the
+        # audit log: this process no longer holds the keyring's root.
+        assert await _refused(rekey(shares[K - 1])) in ("CEREMONY_MISMATCH",
+                                                         "ROOT_KEY_MISMATCH")
+
+    [rotated] = rotations
+    newest = open_shares(rotated.sealed_shares, two)
+    async with production(redis_url, key_prefix, tmp_path, clock, identities) as vault:
+        await unseal(vault, newest[0])
+        assert not (await unseal(vault, newest[1])).sealed
+        assert (await detokenize(vault, underway.token)).pan == card().pan
