@@ -149,7 +149,7 @@ class _Asked:
     threshold: int
     count: int
     custodian_keys: tuple[bytes, ...]
-    share_set: int
+    share_set: int | None  # None: the share given does not parse
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,7 +406,7 @@ class ShamirRootKeys:
         await self._settle()
         landed = self._undelivered
         if landed is None or landed.asked != _Asked(kind, threshold, count, keys,
-                                                     _share_set_of(mnemonic) or -1):
+                                                     _share_set_of(mnemonic)):
             return None
         return landed.outcome
 

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as aioredis
+import shamir_mnemonic.shamir
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from shamir_mnemonic import Share
@@ -295,14 +296,20 @@ async def _rotation_underway(redis_url: str, prefix: str, folder: Path,
         yield _Underway(vault, shares, name, two)
 
 
-@pytest.mark.parametrize("redis_answers_at_once", [True, False])
+@pytest.mark.parametrize(("redis_answers_at_once", "share_set"),
+                         [(True, None), (False, None), (False, 0)])
 async def test_a_root_rotation_whose_reply_is_lost_still_hands_out_its_shares(
         redis_url: str, key_prefix: str, tmp_path: Path,
         world: tuple[ManualClock, Identities], monkeypatch: pytest.MonkeyPatch,
-        redis_answers_at_once: bool) -> None:
+        redis_answers_at_once: bool, share_set: int | None) -> None:
     """Dropping the new shares of a rotation that landed would leave every
-    record under a root nobody holds."""
+    record under a root nobody holds. ``share_set``: the initial share set's
+    identifier, if not random (0 is one of SLIP-39's 32,768)."""
     clock, identities = world
+    if share_set is not None:  # for init's share set; random again afterwards
+        forced, random = [share_set], shamir_mnemonic.shamir._random_identifier
+        monkeypatch.setattr(shamir_mnemonic.shamir, "_random_identifier",
+                            lambda: forced.pop() if forced else random())
     async with _rotation_underway(redis_url, key_prefix, tmp_path, world) as underway:
         vault, shares, name, two = (underway.vault, underway.shares, underway.token,
                                     underway.custodians)
