@@ -67,7 +67,9 @@ class Consent(_message.Message):
     """
     @_builtins.property
     def accept_time(self) -> _timestamp_pb2.Timestamp:
-        """Required. When the user accepted them."""
+        """Required. When the user accepted them: not more than 5 minutes ahead of
+        the gateway's clock.
+        """
 
     def __init__(
         self,
