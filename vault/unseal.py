@@ -234,7 +234,10 @@ class ShamirRootKeys:
         self._root: RootKey | None = None
         self._ceremony: _Ceremony | None = None
         self._unsettled: _Unsettled | None = None
-        self._undelivered: _Unsettled | None = None  # landed, shares not handed out yet
+        self._undelivered: _Unsettled | None = None  # the last ceremony that landed
+        # The last init's request, root key id and sealed shares, for its retries.
+        self._initialized: tuple[tuple[int, int, tuple[bytes, ...]], str,
+                                 tuple[SealedShare, ...]] | None = None
         self._keyring: Keyring | None = None
 
     def attach(self, keyring: Keyring) -> None:
@@ -289,13 +292,22 @@ class ShamirRootKeys:
         keys = check_custodian_keys(custodian_keys, count)
         if self._keyring is None:
             raise RuntimeError("attach a keyring first")
-        if await self.share_set() is not None:
+        current = await self.share_set()
+        kept = self._initialized
+        if current is not None and kept is not None and kept[:2] == (
+                (threshold, count, keys), current.root_key_id):
+            return kept[2]  # a retry: the first reply was lost, or its files not written
+        if current is not None:
             raise AlreadyExists(VAULT_INITIALIZED, "the vault is initialized already")
         secret = new_symmetric_key()
         mnemonics, identifier = split_root(secret, threshold, count)
         sealed = seal_shares(mnemonics, keys)
         del mnemonics
-        created = await self._keyring.create(RootKey(secret),
+        root = RootKey(secret)
+        # Kept (sealed to the custodians, nothing else) before the write: if its
+        # reply is lost, a retry of this request gets the same shares.
+        self._initialized = ((threshold, count, keys), root.key_id, sealed)
+        created = await self._keyring.create(root,
                                              _share_set_fields(identifier, threshold, count))
         if not created:
             raise AlreadyExists(VAULT_INITIALIZED, "the vault is initialized already")
@@ -375,7 +387,9 @@ class ShamirRootKeys:
                     raise
                 return landed
             if changed:
-                self._undelivered = None  # an older ceremony's retry has nothing to get now
+                # Kept for retries too: this reply can be lost on its way (a
+                # dropped connection, a tool that cannot write the share files).
+                self._undelivered = replace(ceremony, marker=marker)
                 return ceremony.outcome
             self._root = ceremony.old_root
         raise FailedPrecondition(KEYRING_BUSY, "the keyring kept changing; retry the ceremony")
@@ -399,10 +413,10 @@ class ShamirRootKeys:
 
     async def _landed(self, kind: str, threshold: int, count: int,
                       keys: tuple[bytes, ...], mnemonic: str) -> CeremonyOutcome | None:
-        """The shares of a ceremony that landed but whose reply was lost, for its
-        retries only: the same request, with a share of the set it replaced. They
-        stay until another ceremony lands: they open only with the custodians' keys,
-        and a reply that is lost again must not lose them."""
+        """The shares of the last ceremony that landed, for its retries only: the
+        same request, with a share of the set it replaced (its reply may have been
+        lost). They stay until another ceremony lands: they open only with the
+        custodians' keys, and a reply that is lost again must not lose them."""
         await self._settle()
         landed = self._undelivered
         if landed is None or landed.asked != _Asked(kind, threshold, count, keys,

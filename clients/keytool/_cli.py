@@ -157,12 +157,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _commands.UsageError as error:
         out.error(str(error))
         return _exit.USAGE
+    except _commands.SharesNotSaved as error:
+        out.error(str(error))
+        return _exit.SHARES_NOT_SAVED
     except grpc.aio.AioRpcError as rpc:
         refusal = error_from_rpc(rpc)
         out.error(f"{refusal.reason}: {rpc.details()}", code=rpc.code().name,
                   reason=refusal.reason, metadata=dict(refusal.metadata))
         return _exit.for_status(rpc.code(), refusal.reason)
     except KeyboardInterrupt:
+        if args.command != "rewrap":
+            out.error("interrupted")
+            return _exit.FAILED
         out.error("interrupted (a rewrap resumes where it stopped when run again)")
         return _exit.INCOMPLETE
     except OSError as error:

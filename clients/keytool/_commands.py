@@ -27,6 +27,10 @@ KIND_NAMES = {1: "kek", 2: "fp", 3: "seal", 4: "sign"}
 PASSPHRASE_ENV = "CARDLINK_CUSTODIAN_PASSPHRASE"  # noqa: S105 (a variable name)
 
 
+class SharesNotSaved(Exception):
+    """New sealed shares came back but their files could not be written."""
+
+
 class UsageError(Exception):
     """Bad or missing arguments the parser cannot catch."""
 
@@ -101,8 +105,16 @@ def custodians(args: argparse.Namespace) -> list[Custodian]:
     if len(set(names)) != len(names):
         raise UsageError("two --custodian files share a name; name each custodian's key "
                          "file differently")
+    # Checked before the vault is asked: its reply holds the only copy of the
+    # new shares, so nothing about the files may fail after it.
+    try:
+        out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot create {out_dir} for the share files: {error}") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write share files into {out_dir}")
     for name in names:
-        if name.exists():
+        if os.path.lexists(name):  # a dangling symlink too
             raise UsageError(f"{name} exists; not overwriting a share file")
     return result
 
@@ -113,11 +125,20 @@ def write_sealed_shares(shares: Sequence[admin_pb2.SealedShare], custody: Sequen
     if len(shares) != len(custody) or any(
             s.custodian_public_key != c.public_key for s, c in zip(shares, custody, strict=False)):
         raise UsageError("the vault's reply does not match the custodian keys given")
-    if custody:
-        custody[0].share_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for share, custodian in zip(shares, custody, strict=True):
-        _custodian.write_sealed_share(custodian.share_file, _custodian.SealedShareFile(
-            share.custodian_public_key, share.ciphertext))
+    sealed = [_custodian.SealedShareFile(s.custodian_public_key, s.ciphertext) for s in shares]
+    try:
+        for share, custodian in zip(sealed, custody, strict=True):
+            _custodian.write_sealed_share(custodian.share_file, share)
+    except OSError as error:
+        # The shares must not be lost with the files: print them (each opens
+        # only with its custodian's private key) for the operator to save.
+        documents = {str(c.share_file): _custodian.sealed_share_text(share)
+                     for share, c in zip(sealed, custody, strict=True)}
+        out.result({"unsaved_share_files": documents}, "\n".join(
+            f"--- save as {name} ---\n{text}" for name, text in documents.items()))
+        raise SharesNotSaved(f"could not write the share files ({error}); they are printed "
+                             "above: save each as named, or run the same command again "
+                             "against the same vault process") from None
     out.info(f"wrote {len(custody)} sealed share files: hand each custodian theirs; only "
              "their private key opens it")
     return [str(c.share_file) for c in custody]

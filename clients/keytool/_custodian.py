@@ -116,11 +116,16 @@ def read_private_key(path: Path, passphrase: Callable[[], str]) -> PrivateKeyFil
     return PrivateKeyFile(key, encrypted)
 
 
-def write_sealed_share(path: Path, share: SealedShareFile) -> None:
+def sealed_share_text(share: SealedShareFile) -> str:
+    """A sealed share file's content."""
     document = {"format": SHARE_FORMAT,
                 "custodian_public_key": base64.b64encode(share.custodian_public_key).decode(),
                 "ciphertext": base64.b64encode(share.ciphertext).decode()}
-    _create(path, (json.dumps(document, sort_keys=True) + "\n").encode(), 0o600)
+    return json.dumps(document, sort_keys=True) + "\n"
+
+
+def write_sealed_share(path: Path, share: SealedShareFile) -> None:
+    _create(path, sealed_share_text(share).encode(), 0o600)
 
 
 def parse_sealed_share(text: str) -> SealedShareFile | None:

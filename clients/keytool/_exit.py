@@ -13,6 +13,7 @@ AUDIT_BROKEN = 5  # `audit verify` found a problem
 NOT_CONFIRMED = 6  # a destructive step was not confirmed (use --yes)
 DENIED = 7  # missing or rejected credential, or missing scope
 INCOMPLETE = 8  # rewrap stopped before every record was moved
+SHARES_NOT_SAVED = 9  # new sealed shares came back but were printed, not written
 
 _BY_CODE = {
     grpc.StatusCode.UNAVAILABLE: UNREACHABLE,

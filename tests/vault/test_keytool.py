@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from cardlink.vault.v1 import admin_pb2
 from clients.keytool import main
 from clients.keytool._custodian import open_share, parse_sealed_share, read_private_key
 from common.clock import ManualClock
@@ -259,3 +260,48 @@ async def test_production_ceremony_with_the_tool(redis_url: str, key_prefix: str
         for text in (init_out, captured.out, captured.err, logs):
             assert " ".join(mnemonic.split()[:6]) not in text
             assert PASSPHRASE not in text
+
+
+async def test_init_never_loses_the_shares_it_asked_for(
+        redis_url: str, key_prefix: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The vault's reply holds the only copy of the new shares: a folder that
+    cannot take them is refused before the vault is asked, and files that still
+    fail to write leave the shares printed and fetchable again."""
+    clock = ManualClock(start=1_800_000_000.0)
+    identities = Identities.create(tmp_path, clock)
+    keys = {name: X25519PrivateKey.generate() for name in ("alice", "bob")}
+    pubs: list[str] = []
+    for name, key in keys.items():
+        pub = tmp_path / f"{name}.pub"
+        pub.write_text(base64.b64encode(key.public_key().public_bytes_raw()).decode() + "\n")
+        pubs += ["--custodian", str(pub)]
+    async with running_vault(redis_url, key_prefix, tmp_path, mode=VaultMode.PRODUCTION,
+                             clock=clock, identities=identities) as vault:
+        trap = tmp_path / "trap"
+        trap.mkdir()
+        (trap / "alice.share").symlink_to(tmp_path / "elsewhere")  # dangling
+        init = ["--json", "init", "-k", "2", "-n", "2", *pubs, "--out-dir"]
+        assert await keytool(vault, *init, str(trap)) == 2
+        assert "exists" in capsys.readouterr().err
+        seal = await vault.admin.GetSealStatus(admin_pb2.GetSealStatusRequest(),
+                                               metadata=vault.security())
+        assert not seal.initialized  # the vault was never asked
+
+        def disk_full(path: Path, share: Any) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr("clients.keytool._custodian.write_sealed_share", disk_full)
+        assert await keytool(vault, *init, str(tmp_path / "full")) == 9
+        printed = capsys.readouterr()
+        assert "run the same command again" in printed.err
+        unsaved = last_json(printed.out)["unsaved_share_files"]
+        assert isinstance(unsaved, dict) and len(unsaved) == 2
+        monkeypatch.undo()
+
+        assert await keytool(vault, *init, str(tmp_path / "shares")) == 0  # the same again
+        for name, key in keys.items():
+            text = (tmp_path / "shares" / f"{name}.share").read_text()
+            assert text == unsaved[str(tmp_path / "full" / f"{name}.share")]
+            sealed = parse_sealed_share(text)
+            assert sealed is not None and open_share(sealed, key)  # theirs opens

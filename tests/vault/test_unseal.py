@@ -205,6 +205,10 @@ async def test_rekey_and_rotate_root_need_k_custodians(
             share=rekeyed[2], threshold=2, share_count=2,
             custodian_public_keys=public_keys(two)), metadata=vault.security())
         assert rotated.complete and rotated.root_key_id != root_id and not rotated.shares
+        # Its reply could have been lost on the way: the same request gets it again.
+        assert await vault.admin.RotateRoot(admin_pb2.RotateRootRequest(
+            share=rekeyed[0], threshold=2, share_count=2,
+            custodian_public_keys=public_keys(two)), metadata=vault.security()) == rotated
         newest = open_shares(rotated.sealed_shares, two)
         assert (await detokenize(vault, name)).pan == card().pan
         stored_root = await redis_client.hget(f"{key_prefix}:vault:keys", "root")
