@@ -20,6 +20,7 @@ from common.clock import Clock, SystemClock
 from common.grpc_errors import error_guard
 from common.redis_client import connect
 from common.server import RunningServer, Service, start_server
+from common.tls import open_channel
 from gateway.bank_connector import GrpcBank
 from gateway.binding import BindingService
 from gateway.binding_store import BindingStore
@@ -70,7 +71,7 @@ async def start_gateway(config: GatewayConfig, clock: Clock | None = None) -> Ru
     kid = config.jwt_key_id or jwk_thumbprint(key)
     to_vault = TokenMinter(key, kid, config.jwt_issuer, config.vault_audience, clock)
     to_bank = TokenMinter(key, kid, config.jwt_issuer, config.bank_audience, clock)
-    vault_channel = grpc.aio.insecure_channel(config.vault_target, options=CHANNEL_OPTIONS)
+    vault_channel = open_channel(config.vault_target, config.vault_tls, options=CHANNEL_OPTIONS)
     bank_channel = grpc.aio.insecure_channel(config.bank_target, options=CHANNEL_OPTIONS)
     vault = GrpcVault(
         vault_channel,

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.config import ConfigError, Env, default_state_dir
-from common.tls import ServerTls
+from common.tls import VAULT_CLIENT_TLS, ClientTls, ServerTls
 from gateway.connectors import CallPolicy
 from gateway.idempotency import IdempotencySettings
 from gateway.thresholds import Thresholds
@@ -83,6 +83,7 @@ class GatewayConfig:
     thresholds: Thresholds
     thresholds_file: Path | None
     tls: ServerTls | None = None
+    vault_tls: ClientTls | None = None
     grace_shutdown_s: float = 5.0
     log_level: str = "INFO"
     log_json: bool = False
@@ -147,6 +148,7 @@ class GatewayConfig:
             ),
             thresholds_file=Path(thresholds_file) if thresholds_file else None,
             tls=ServerTls.from_env(env, "CARDLINK_GATEWAY"),
+            vault_tls=ClientTls.from_env(env, VAULT_CLIENT_TLS),
             grace_shutdown_s=env.number("CARDLINK_SHUTDOWN_GRACE_S", 5.0),
             log_level=env.text("CARDLINK_LOG_LEVEL", "INFO"),
             log_json=env.flag("CARDLINK_LOG_JSON", False),

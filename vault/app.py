@@ -121,6 +121,7 @@ async def start_vault(config: VaultConfig, clock: Clock | None = None) -> Runnin
          Service(ADMIN_SERVICE_NAME, admin_pb2_grpc.add_KeyAdminServicer_to_server,
                  KeyAdminServicer(admin, signing_public_keys))],
         config.listen,
+        credentials=config.tls.credentials() if config.tls else None,
         guards=[error_guard, SealGate(service.keyring, SEALED_METHODS),
                 RefusalAudit(service.audit, clock, RESTRICTED_METHODS),
                 AuthGuard(verifier, METHOD_SCOPES)],

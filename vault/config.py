@@ -8,6 +8,7 @@ from enum import Enum
 from pathlib import Path
 
 from common.config import ConfigError, Env, default_state_dir
+from common.tls import ServerTls
 
 
 class VaultMode(Enum):
@@ -35,6 +36,7 @@ class VaultConfig:
     # retired: more than keyring_refresh_s plus the longest call, so no process
     # can still be writing with it.
     key_settle_s: float = 30.0
+    tls: ServerTls | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> VaultConfig:
@@ -62,4 +64,5 @@ class VaultConfig:
             log_level=env.text("CARDLINK_LOG_LEVEL", "INFO"),
             log_json=env.flag("CARDLINK_LOG_JSON", False),
             key_settle_s=env.number("CARDLINK_KEY_SETTLE_S", 30.0),
+            tls=ServerTls.from_env(env, "CARDLINK_VAULT"),
         )

@@ -42,6 +42,7 @@ from common.clock import Clock, SystemClock
 from common.config import Env, default_state_dir
 from common.grpc_errors import error_guard
 from common.server import RunningServer, Service, start_server
+from common.tls import VAULT_CLIENT_TLS, ClientTls, open_channel
 
 CORE = "/cardlink.bank.v1.BankCore/"
 CONTROL = "/cardlink.bank.v1.SimulatorControl/"
@@ -64,6 +65,7 @@ class BanksimConfig:
     jwt_key_file: Path
     jwt_key_id: str | None
     vault_audience: str
+    vault_tls: ClientTls | None = None
     code_ttl_s: float = 300.0
     timeout_hold_s: float = 30.0
     log_level: str = "INFO"
@@ -82,6 +84,7 @@ class BanksimConfig:
             jwt_key_file=env.path("CARDLINK_JWT_KEY_FILE", state / "jwt" / f"{issuer}.pem"),
             jwt_key_id=env.optional("CARDLINK_JWT_KEY_ID"),
             vault_audience=env.text("CARDLINK_VAULT_AUDIENCE", "cardlink-vault"),
+            vault_tls=ClientTls.from_env(env, VAULT_CLIENT_TLS),
             code_ttl_s=env.number("CARDLINK_BANKSIM_CODE_TTL_S", 300.0),
             timeout_hold_s=env.number("CARDLINK_BANKSIM_TIMEOUT_HOLD_S", 30.0),
             log_level=env.text("CARDLINK_LOG_LEVEL", "INFO"),
@@ -109,11 +112,11 @@ async def start_banksim(config: BanksimConfig, clock: Clock | None = None) -> Ru
     key = load_private_key_pem(config.jwt_key_file)
     minter = TokenMinter(key, config.jwt_key_id or jwk_thumbprint(key), config.jwt_issuer,
                          config.vault_audience, clock)
-    channel = grpc.aio.insecure_channel(config.vault_target,
-                                        options=[("grpc.enable_http_proxy", 0)])
+    vault = open_channel(config.vault_target, config.vault_tls,
+                         options=[("grpc.enable_http_proxy", 0)])
     switches, books = Switches(), Books()
     core = BankCoreServicer(
-        BankVaultClient(channel, minter), switches, books, clock, config.code_ttl_s,
+        BankVaultClient(vault, minter), switches, books, clock, config.code_ttl_s,
         config.timeout_hold_s,
     )
     verifier = JwtVerifier(TrustStore(config.trust_file, clock), config.audience, clock)
@@ -128,4 +131,4 @@ async def start_banksim(config: BanksimConfig, clock: Clock | None = None) -> Ru
         config.listen,
         guards=[error_guard, AuthGuard(verifier, METHOD_SCOPES)],
     )
-    return RunningBanksim(running, channel, books, switches)
+    return RunningBanksim(running, vault, books, switches)

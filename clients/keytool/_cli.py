@@ -14,8 +14,10 @@ from clients.keytool import _commands, _exit
 from clients.keytool._output import Output
 from common.auth import TokenMinter, bearer_interceptors, jwk_thumbprint, load_private_key_pem
 from common.clock import SystemClock
+from common.config import ConfigError, Env
 from common.devstack import state_dir
 from common.grpc_errors import error_from_rpc
+from common.tls import VAULT_CLIENT_TLS, ClientTls, open_channel
 
 SCOPES = ("vault.keys.admin", "vault.keys.unseal", "vault.audit.read")
 KINDS = {"kek": 1, "fp": 2, "fingerprint": 2, "seal": 3, "sealing": 3, "sign": 4, "signing": 4}
@@ -50,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--token", default=env("CARDLINK_KEYTOOL_TOKEN"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--audience", default=env("CARDLINK_VAULT_AUDIENCE", "cardlink-vault"))
+    tls = f"{VAULT_CLIENT_TLS}_TLS"
+    parser.add_argument("--tls-ca", default=env(f"{tls}_CA_FILE"),
+                        help="TLS to the vault: the CA file that signed its certificate")
+    parser.add_argument("--tls-cert", default=env(f"{tls}_CERT_FILE"),
+                        help="with --tls-key: this client's certificate, for mutual TLS")
+    parser.add_argument("--tls-key", default=env(f"{tls}_KEY_FILE"))
+    parser.add_argument("--tls-server-name", default=env(f"{tls}_SERVER_NAME"),
+                        help="the name the vault's certificate carries, if not its host")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--yes", action="store_true", help="confirm destructive steps")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call")
@@ -143,9 +153,21 @@ async def _run(args: argparse.Namespace, out: Output) -> int:
     if offline is not None:
         return offline(args, out)
     token = _bearer(args)
-    async with grpc.aio.insecure_channel(
-            args.address, interceptors=bearer_interceptors(lambda: token)) as channel:
+    async with open_channel(args.address, _tls(args),
+                            interceptors=bearer_interceptors(lambda: token)) as channel:
         return await _commands.dispatch(args, channel, out)
+
+
+def _tls(args: argparse.Namespace) -> ClientTls | None:
+    """The --tls-* flags, checked as the settings they default to."""
+    given = {"CA_FILE": args.tls_ca, "CERT_FILE": args.tls_cert, "KEY_FILE": args.tls_key,
+             "SERVER_NAME": args.tls_server_name}
+    try:
+        return ClientTls.from_env(Env({f"{VAULT_CLIENT_TLS}_TLS_{name}": value
+                                       for name, value in given.items() if value}),
+                                  VAULT_CLIENT_TLS)
+    except ConfigError as error:
+        raise _commands.UsageError(f"{error} (or the --tls-* flags)") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

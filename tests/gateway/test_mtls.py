@@ -2,48 +2,16 @@
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.config import ConfigError, Env
 from common.tls import ServerTls
 from tests.gateway.conftest import Stack
-
-Pem = tuple[bytes, bytes]  # (certificate, private key)
-
-
-def _issue(subject: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
-           *, ca: bool = False, san: str | None = None
-           ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    signer_cert, signer_key = issuer if issuer else (None, key)
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (x509.CertificateBuilder().subject_name(name)
-               .issuer_name(signer_cert.subject if signer_cert else name)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5))
-               .not_valid_after(now + datetime.timedelta(hours=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(san)]),
-                                        critical=False)
-    return builder.sign(signer_key, hashes.SHA256()), key
-
-
-def _pem(pair: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]) -> Pem:
-    cert, key = pair
-    return (cert.public_bytes(serialization.Encoding.PEM),
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()))
+from tests.support.certs import issue, pem
 
 
 async def _healthy(address: str, credentials: grpc.ChannelCredentials) -> bool:
@@ -58,11 +26,11 @@ async def _healthy(address: str, credentials: grpc.ChannelCredentials) -> bool:
 
 
 async def test_mutual_tls_admits_only_certified_partners(stack: Stack, tmp_path: Path) -> None:
-    ca = _issue("CardLink test CA", None, ca=True)
-    server = _pem(_issue("gateway", ca, san="gateway.test"))
-    partner = _pem(_issue("acme-partner", ca))
-    stranger = _pem(_issue("stranger", _issue("Other CA", None, ca=True)))
-    files = {"cert": server[0], "key": server[1], "ca": _pem(ca)[0]}
+    ca = issue("CardLink test CA", None, ca=True)
+    server = pem(issue("gateway", ca, san="gateway.test"))
+    partner = pem(issue("acme-partner", ca))
+    stranger = pem(issue("stranger", issue("Other CA", None, ca=True)))
+    files = {"cert": server[0], "key": server[1], "ca": pem(ca)[0]}
     for name, data in files.items():
         (tmp_path / f"{name}.pem").write_bytes(data)
     await stack.restart_gateway(tls=ServerTls(tmp_path / "cert.pem", tmp_path / "key.pem",

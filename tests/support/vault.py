@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cardlink.vault.v1 import admin_pb2_grpc, vault_pb2, vault_pb2_grpc
 from clients.sealing import SealingKeyCache, seal_card
 from common.clock import ManualClock
+from common.tls import ClientTls, ServerTls, open_channel
 from tests.support.identities import SECURITY_SCOPES, Identities
 from vault.app import RunningVault, start_vault
 from vault.config import VaultConfig, VaultMode
@@ -86,14 +87,19 @@ class VaultHandle:
 @asynccontextmanager
 async def running_vault(redis_url: str, prefix: str, folder: Path, *,
                         mode: VaultMode = VaultMode.DEV, clock: ManualClock | None = None,
-                        identities: Identities | None = None) -> AsyncIterator[VaultHandle]:
+                        identities: Identities | None = None,
+                        tls: tuple[ServerTls, ClientTls] | None = None
+                        ) -> AsyncIterator[VaultHandle]:
     """A vault on loopback. Pass the clock and identities of an earlier one to
-    restart "the same" vault (same folder, prefix and trust file)."""
+    restart "the same" vault (same folder, prefix and trust file); ``tls``: serve
+    TLS, and how the handle's own channel reaches it."""
     clock = clock or ManualClock(start=1_800_000_000.0)  # 2027-01-15
     identities = identities or Identities.create(folder, clock)
     config = vault_config(redis_url, prefix, folder, identities.trust_file, mode)
+    if tls is not None:
+        config = replace(config, tls=tls[0])
     vault = await start_vault(config, clock)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{vault.port}")
+    channel = open_channel(f"127.0.0.1:{vault.port}", tls[1] if tls else None)
     try:
         yield VaultHandle(vault, channel, vault_pb2_grpc.TokenVaultStub(channel), identities,
                           clock, config)
