@@ -4,43 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.config import ConfigError, Env
-from common.tls import ServerTls
+from common.tls import ClientTls, ServerTls
 from tests.gateway.conftest import Stack
-from tests.support.certs import issue, pem
-
-
-async def _healthy(address: str, credentials: grpc.ChannelCredentials) -> bool:
-    options = [("grpc.ssl_target_name_override", "gateway.test")]
-    async with grpc.aio.secure_channel(address, credentials, options=options) as channel:
-        try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=3)
-        except grpc.aio.AioRpcError:
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+from tests.support.certs import issue, serving, write
 
 
 async def test_mutual_tls_admits_only_certified_partners(stack: Stack, tmp_path: Path) -> None:
     ca = issue("CardLink test CA", None, ca=True)
-    server = pem(issue("gateway", ca, san="gateway.test"))
-    partner = pem(issue("acme-partner", ca))
-    stranger = pem(issue("stranger", issue("Other CA", None, ca=True)))
-    files = {"cert": server[0], "key": server[1], "ca": pem(ca)[0]}
-    for name, data in files.items():
-        (tmp_path / f"{name}.pem").write_bytes(data)
-    await stack.restart_gateway(tls=ServerTls(tmp_path / "cert.pem", tmp_path / "key.pem",
-                                              tmp_path / "ca.pem"))
-    root = files["ca"]
-    assert await _healthy(stack.address, grpc.ssl_channel_credentials(root, partner[1],
-                                                                      partner[0]))
-    assert not await _healthy(stack.address, grpc.ssl_channel_credentials(root))
-    assert not await _healthy(stack.address, grpc.ssl_channel_credentials(
-        root, stranger[1], stranger[0]))
+    ca_file = write(tmp_path, "ca", ca)[0]
+    server = write(tmp_path, "gateway", issue("gateway", ca, san="gateway.test"))
+    partner = write(tmp_path, "partner", issue("acme-partner", ca))
+    stranger = write(tmp_path, "stranger", issue("stranger", issue("Other CA", None, ca=True)))
+    await stack.restart_gateway(tls=ServerTls(*server, ca_file))
+    assert await serving(stack.address, ClientTls(ca_file, *partner, "gateway.test"))
+    assert not await serving(stack.address, ClientTls(ca_file, server_name="gateway.test"))
+    assert not await serving(stack.address, ClientTls(ca_file, *stranger, "gateway.test"))
 
 
 def test_tls_settings_are_all_or_nothing() -> None:

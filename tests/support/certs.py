@@ -1,14 +1,18 @@
-"""A throwaway certificate authority for TLS tests."""
+"""TLS test helpers: a throwaway certificate authority, and a health probe."""
 
 from __future__ import annotations
 
 import datetime
 from pathlib import Path
 
+import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from common.tls import ClientTls, open_channel
 
 Pem = tuple[bytes, bytes]  # (certificate, private key)
 Issued = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
@@ -46,3 +50,14 @@ def write(folder: Path, name: str, pair: Issued) -> tuple[Path, Path]:
     (folder / f"{name}.crt").write_bytes(cert)
     (folder / f"{name}.key").write_bytes(key)
     return folder / f"{name}.crt", folder / f"{name}.key"
+
+
+async def serving(address: str, tls: ClientTls | None) -> bool:
+    """True if a health check over ``tls`` (plaintext: None) gets SERVING."""
+    async with open_channel(address, tls) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=3)
+        except grpc.aio.AioRpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

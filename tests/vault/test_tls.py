@@ -7,29 +7,17 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cardlink.vault.v1 import vault_pb2
 from clients.keytool import main
 from common.config import ConfigError, Env
-from common.tls import VAULT_CLIENT_TLS, ClientTls, ServerTls, open_channel
+from common.tls import VAULT_CLIENT_TLS, ClientTls, ServerTls
 from gateway.config import GatewayConfig
 from tests.support.cards import card
-from tests.support.certs import issue, write
+from tests.support.certs import issue, serving, write
 from tests.support.identities import SECURITY_SCOPES
 from tests.support.vault import running_vault
-
-
-async def _serving(address: str, tls: ClientTls | None) -> bool:
-    async with open_channel(address, tls) as channel:
-        try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=3)
-        except grpc.aio.AioRpcError:
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
 async def test_a_vault_with_mutual_tls_serves_only_certified_clients(
@@ -46,10 +34,10 @@ async def test_a_vault_with_mutual_tls_serves_only_certified_clients(
             parent="tenants/acme", sealed_card=await vault.seal(card())),
             metadata=vault.partner())
         assert reply.token.card.last_four == card().pan[-4:]
-        assert await _serving(vault.address, client)
-        assert not await _serving(vault.address, None)  # plaintext
-        assert not await _serving(vault.address, ClientTls(ca_file, server_name="vault.test"))
-        assert not await _serving(vault.address, ClientTls(ca_file, *stranger, "vault.test"))
+        assert await serving(vault.address, client)
+        assert not await serving(vault.address, None)  # plaintext
+        assert not await serving(vault.address, ClientTls(ca_file, server_name="vault.test"))
+        assert not await serving(vault.address, ClientTls(ca_file, *stranger, "vault.test"))
 
         # The key tool, with the same settings as flags.
         token = vault.identities.token("cardlink-security", "security", SECURITY_SCOPES)
