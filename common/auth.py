@@ -606,7 +606,8 @@ def save_private_key_pem(key: PrivateKey, path: str | os.PathLike[str]) -> None:
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # O_NOFOLLOW: never written through a symlink planted at the name.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as out:
         os.fchmod(out.fileno(), 0o600)  # the file may have existed with wider rights
         out.write(pem)

@@ -345,7 +345,9 @@ async def audit_verify(stub: admin_pb2_grpc.KeyAdminAsyncStub, args: argparse.Na
 async def audit_export(stub: admin_pb2_grpc.KeyAdminAsyncStub, args: argparse.Namespace,
                        out: Output) -> int:
     call = stub.ExportAudit(admin_pb2.ExportAuditRequest(start_seq=args.from_seq))
-    target = args.out.open("w", encoding="utf-8") if args.out else sys.stdout
+    # Never through a symlink planted at the name; the log is 0600 like the others.
+    target = (os.fdopen(os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                                0o600), "w", encoding="utf-8") if args.out else sys.stdout)
     count = 0
     try:
         async for record in call:
@@ -363,7 +365,7 @@ async def audit_export(stub: admin_pb2_grpc.KeyAdminAsyncStub, args: argparse.Na
 
 def keygen(args: argparse.Namespace, out: Output) -> int:
     """A new Ed25519 key for the tool, and the JWK to add to the trust store."""
-    if args.out.exists():
+    if os.path.lexists(args.out):  # a dangling symlink too
         raise UsageError(f"{args.out} exists; not overwriting a key")
     key = generate_signing_key()
     save_private_key_pem(key, args.out)

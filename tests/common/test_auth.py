@@ -33,6 +33,7 @@ from common.auth import (
     generate_signing_key,
     jwk_thumbprint,
     public_jwk,
+    save_private_key_pem,
     write_trust_store,
 )
 from common.clock import ManualClock
@@ -627,3 +628,13 @@ def test_jwk_thumbprint_matches_rfc7638() -> None:
     ed = generate_signing_key()
     assert jwk_thumbprint(ed) == jwk_thumbprint(ed.public_key())
     assert jwk_thumbprint(ed) != jwk_thumbprint(generate_signing_key())
+
+
+def test_a_private_key_is_never_written_through_a_symlink(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    (tmp_path / "key.pem").symlink_to(victim)  # dangling: the write would create it
+    with pytest.raises(OSError):
+        save_private_key_pem(generate_signing_key(), tmp_path / "key.pem")
+    assert not victim.exists()
+    save_private_key_pem(generate_signing_key(), tmp_path / "real.pem")
+    assert (tmp_path / "real.pem").stat().st_mode & 0o777 == 0o600

@@ -91,6 +91,12 @@ async def test_audit_verify_and_export(vault: VaultHandle, redis_client: aioredi
     assert [(line["action"], line["result"]) for line in lines] == [
         ("key.rotate", "INTENT"), ("key.rotate", "OK")] * 2
     assert {"seq", "mac", "caller", "time"} <= set(lines[0])
+    assert out.stat().st_mode & 0o077 == 0
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / "planted").symlink_to(victim)
+    assert await keytool(vault, "audit", "export", "--out", str(tmp_path / "planted")) == 2
+    assert victim.read_text() == "precious"  # never written through the symlink
 
     await cut_back_to(redis_client, vault.config.redis_prefix, 2)
     assert await keytool(vault, "audit", "verify") == 0  # consistent as far as Redis can tell
