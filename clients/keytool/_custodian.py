@@ -1,9 +1,12 @@
 """Custodian keys and sealed shares, on the custodian's side.
 
-Each custodian has an X25519 key pair: ``NAME.key`` (PKCS#8 PEM encrypted
-under the custodian's passphrase, 0600, never leaves the custodian) and
-``NAME.pub`` (the raw 32-byte public key, base64). A stolen key file alone
-opens nothing. Key files made before passphrases (unencrypted) still load.
+Each custodian has an X25519 key pair: ``NAME.key`` (0600, never leaves the
+custodian) and ``NAME.pub`` (the raw 32-byte public key, base64). The key
+file is JSON: the raw private key under AES-256-GCM, keyed by scrypt from the
+custodian's passphrase at OWASP's recommended cost (N=2**17, r=8, p=1), so a
+stolen key file alone opens nothing and guessing the passphrase offline is
+slow. Key files from earlier versions (PKCS#8 PEM, encrypted with OpenSSL's
+default of 2,048 PBKDF2 rounds, or unencrypted) still load.
 The vault seals each new root-key share to one custodian's public key with
 HPKE (RFC 9180: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM,
 ``info`` below), so whoever runs ``init`` or completes a ``rekey`` only ever
@@ -28,9 +31,16 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 SHARE_INFO = b"cardlink.vault.v1 custodian share"
 SHARE_FORMAT = "cardlink.vault.v1.SealedShare"
+KEY_FORMAT = "cardlink.vault.v1.CustodianKey"
+_SCRYPT = {"n": 2**17, "r": 8, "p": 1}
+# A key file's own parameters are bounded: a doctored file must not make the
+# tool allocate without limit.
+_MAX_SCRYPT = {"n": 2**20, "r": 16, "p": 4}
 KEY_SIZE = 32
 MIN_PASSPHRASE_CHARS = 12
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
@@ -75,9 +85,7 @@ def generate(name: Path, passphrase: Callable[[], str]) -> tuple[Path, Path, byt
     secret = _check_passphrase(passphrase())
     private = X25519PrivateKey.generate()
     public = private.public_key().public_bytes_raw()
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.BestAvailableEncryption(secret.encode()))
-    _create(key_path, pem, 0o600)
+    _create(key_path, _encrypted_key_text(private, public, secret).encode(), 0o600)
     _create(pub_path, base64.b64encode(public) + b"\n", 0o644)
     return key_path, pub_path, public
 
@@ -100,9 +108,49 @@ class PrivateKeyFile:
     encrypted: bool  # False: a key file from before passphrases
 
 
+def _key_cipher(passphrase: str, salt: bytes, n: int, r: int, p: int) -> AESGCM:
+    return AESGCM(Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase.encode()))
+
+
+def _encrypted_key_text(private: X25519PrivateKey, public: bytes, passphrase: str) -> str:
+    salt, nonce = os.urandom(16), os.urandom(12)
+    # The public key is associated data: a file whose halves do not belong together
+    # does not open.
+    sealed = _key_cipher(passphrase, salt, **_SCRYPT).encrypt(
+        nonce, private.private_bytes_raw(), KEY_FORMAT.encode() + public)
+    document = {"format": KEY_FORMAT, "kdf": "scrypt", **_SCRYPT,
+                **{name: base64.b64encode(value).decode() for name, value in (
+                    ("salt", salt), ("nonce", nonce), ("public_key", public),
+                    ("ciphertext", sealed))}}
+    return json.dumps(document, sort_keys=True) + "\n"
+
+
+def _open_key_text(path: Path, text: str, passphrase: Callable[[], str]) -> X25519PrivateKey:
+    try:
+        document = json.loads(text)
+        if document.get("format") != KEY_FORMAT or document.get("kdf") != "scrypt":
+            raise ValueError("not a custodian key file")
+        cost = {name: int(document[name]) for name in _SCRYPT}
+        if any(not 1 <= cost[name] <= _MAX_SCRYPT[name] for name in cost):
+            raise ValueError("scrypt parameters out of bounds")
+        salt, nonce, public, sealed = (base64.b64decode(document[name], validate=True) for name in
+                                       ("salt", "nonce", "public_key", "ciphertext"))
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+        raise CustodianError(f"{path} is not a custodian private key") from None
+    try:
+        raw = _key_cipher(passphrase(), salt, **cost).decrypt(
+            nonce, sealed, KEY_FORMAT.encode() + public)
+    except (InvalidTag, ValueError):
+        raise CustodianError(f"{path}: wrong passphrase, or the key file is damaged") from None
+    return X25519PrivateKey.from_private_bytes(raw)
+
+
 def read_private_key(path: Path, passphrase: Callable[[], str]) -> PrivateKeyFile:
     """The key in ``path``; ``passphrase`` is asked for only if the file is encrypted."""
     data = path.read_bytes()
+    if data.lstrip().startswith(b"{"):
+        return PrivateKeyFile(_open_key_text(path, data.decode("utf-8", "replace"),
+                                             passphrase), True)
     encrypted = b"ENCRYPTED PRIVATE KEY" in data
     try:
         key = serialization.load_pem_private_key(

@@ -16,7 +16,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from cardlink.vault.v1 import admin_pb2
 from clients.keytool import main
-from clients.keytool._custodian import open_share, parse_sealed_share, read_private_key
+from clients.keytool._custodian import (
+    CustodianError,
+    generate,
+    open_share,
+    parse_sealed_share,
+    read_private_key,
+)
 from common.clock import ManualClock
 from tests.support.identities import SECURITY_SCOPES, Identities
 from tests.support.vault import VaultHandle, running_vault
@@ -157,7 +163,9 @@ async def test_production_ceremony_with_the_tool(redis_url: str, key_prefix: str
             made = last_json(capsys.readouterr().out)
             key_file = custody / f"{name}.key"
             assert key_file.stat().st_mode & 0o077 == 0
-            assert b"ENCRYPTED PRIVATE KEY" in key_file.read_bytes()  # the passphrase's
+            stored = json.loads(key_file.read_text())  # under the passphrase, scrypt-keyed
+            assert (stored["kdf"], stored["n"], stored["r"]) == ("scrypt", 2**17, 8)
+            assert stored["public_key"] == (custody / f"{name}.pub").read_text().strip()
             assert made["public_key"] == (custody / f"{name}.pub").read_text().strip()
         _write_unencrypted_key(custody / "carol")  # made by an older tool
         assert await keytool(vault, "keygen-custodian", "--out", str(custody / "bob")) == 2
@@ -311,3 +319,31 @@ async def test_init_never_loses_the_shares_it_asked_for(
             assert text == unsaved[str(tmp_path / "full" / f"{name}.share")]
             sealed = parse_sealed_share(text)
             assert sealed is not None and open_share(sealed, key)  # theirs opens
+
+
+def test_custodian_key_files_of_every_version_open(tmp_path: Path) -> None:
+    """Key files from earlier tool versions (PKCS#8 PEM, passphrase-encrypted or
+    not) still open; a wrong passphrase or a doctored file is refused."""
+    new_key, _, public = generate(tmp_path / "new", lambda: PASSPHRASE)
+    opened = read_private_key(new_key, lambda: PASSPHRASE)
+    assert opened.encrypted and opened.key.public_key().public_bytes_raw() == public
+    with pytest.raises(CustodianError, match="wrong passphrase"):
+        read_private_key(new_key, lambda: "not the passphrase")
+    doctored = json.loads(new_key.read_text())
+    doctored["n"] = 2**40  # would allocate without bound
+    (tmp_path / "doctored.key").write_text(json.dumps(doctored))
+    with pytest.raises(CustodianError, match="not a custodian private key"):
+        read_private_key(tmp_path / "doctored.key", lambda: PASSPHRASE)
+    swapped = json.loads(new_key.read_text())
+    swapped["public_key"] = base64.b64encode(X25519PrivateKey.generate().public_key()
+                                             .public_bytes_raw()).decode()
+    (tmp_path / "swapped.key").write_text(json.dumps(swapped))
+    with pytest.raises(CustodianError, match="wrong passphrase"):
+        read_private_key(tmp_path / "swapped.key", lambda: PASSPHRASE)
+
+    old = X25519PrivateKey.generate()
+    (tmp_path / "old.key").write_bytes(old.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(PASSPHRASE.encode())))
+    assert read_private_key(tmp_path / "old.key", lambda: PASSPHRASE).key.private_bytes_raw() \
+        == old.private_bytes_raw()
