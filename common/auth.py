@@ -22,6 +22,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -87,6 +88,9 @@ PUBLIC_METHOD_PREFIXES: tuple[str, ...] = (
 # gRPC caps metadata at 8 KiB by default; anything larger is not a real token
 # and would only cost parsing time and cache memory.
 MAX_TOKEN_BYTES = 8192
+# A token valid for longer is refused: a leaked one would work for that long,
+# and the verification cache would keep it as long.
+MAX_TOKEN_LIFETIME_S = 86_400
 # The tenant ends up in Redis key names: keep it to a plain identifier.
 _TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
@@ -392,6 +396,8 @@ class JwtVerifier:
     def _check_times(self, claims: Mapping[str, Any]) -> float:
         exp, nbf, iat = (_number(claims, name) for name in ("exp", "nbf", "iat"))
         now = self._clock.now()
+        if exp - max(iat, nbf) > MAX_TOKEN_LIFETIME_S:
+            raise _refuse("TOKEN_INVALID", "the token is valid for too long", claim="exp")
         if now > exp + self._leeway:
             raise _refuse("TOKEN_EXPIRED", "the token has expired")
         if now + self._leeway < nbf or now + self._leeway < iat:
@@ -428,7 +434,7 @@ def _unverified_issuer(token: str) -> str:
 
 def _number(claims: Mapping[str, Any], name: str) -> float:
     value = claims.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise _refuse("TOKEN_INVALID", "a time claim is not a number", claim=name)
     return float(value)
 

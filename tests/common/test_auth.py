@@ -221,6 +221,15 @@ def test_expired_within_leeway_is_still_accepted(world: World) -> None:
     assert world.verifier.verify(token).subject == "gateway"
 
 
+def test_a_token_valid_for_too_long_or_forever_is_refused(world: World) -> None:
+    now = int(world.clock.now())
+    for exp in (now + 10 * 365 * 86_400, float("nan"), float("inf")):
+        token = _signed(world, _claims(world, exp=exp))
+        refusal = _refused(world, token)
+        assert (refusal.reason, refusal.metadata["claim"]) == ("TOKEN_INVALID", "exp")
+    assert world.verifier.verify(_signed(world, _claims(world, exp=now + 86_400)))
+
+
 def test_not_yet_valid_token(world: World) -> None:
     now = int(world.clock.now())
     token = _signed(world, _claims(world, nbf=now + 120, iat=now))
