@@ -180,8 +180,18 @@ async def _add_health(server: grpc.aio.Server, names: Sequence[str]) -> Any:
     return servicer
 
 
+def _loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
 def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
     if credentials is None:
+        if not _loopback(address):
+            # Allowed (a service mesh may carry TLS), but never silently.
+            logger.warning("serving plaintext on %s: bearer tokens and replies cross the "
+                           "network in clear unless something else encrypts it; set the "
+                           "*_TLS_CERT_FILE and *_TLS_KEY_FILE settings", address)
         port = server.add_insecure_port(address)
     else:
         port = server.add_secure_port(address, credentials)

@@ -67,6 +67,15 @@ async def test_binds_a_free_port_and_serves_with_guards(running: RunningServer) 
     assert error_from_rpc(caught.value).reason == "TOKEN_NOT_FOUND"
 
 
+async def test_plaintext_off_loopback_is_never_silent(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="cardlink.server")
+    for address, warned in (("127.0.0.1:0", False), ("[::1]:0", False), ("0.0.0.0:0", True)):
+        caplog.clear()
+        server = await start_server(SERVICES, address)
+        await server.stop(None)
+        assert ("serving plaintext on" in caplog.text) is warned, address
+
+
 VAULT_METHODS = [
     f"/{VAULT}/{m.name}" for m in vault_pb2.DESCRIPTOR.services_by_name["TokenVault"].methods
 ]
