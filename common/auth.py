@@ -51,6 +51,7 @@ from common.server import Behavior
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
+    "MAX_TOKEN_LIFETIME_S",
     "PUBLIC_METHOD_PREFIXES",
     "AuthGuard",
     "JwtVerifier",
@@ -434,9 +435,13 @@ def _unverified_issuer(token: str) -> str:
 
 def _number(claims: Mapping[str, Any], name: str) -> float:
     value = claims.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    try:
+        number = float(value) if isinstance(value, int | float) else math.nan
+    except OverflowError:  # an integer beyond any float
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number):
         raise _refuse("TOKEN_INVALID", "a time claim is not a number", claim=name)
-    return float(value)
+    return number
 
 
 def _principal_from(claims: Mapping[str, Any], issuer_name: str, issuer: IssuerTrust) -> Principal:

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.auth import (
+    MAX_TOKEN_LIFETIME_S,
     TokenMinter,
     TrustedIssuer,
     generate_signing_key,
@@ -695,8 +696,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     token.add_argument(
         "--audience", help=f"default: $CARDLINK_VAULT_AUDIENCE or {DEFAULT_VAULT_AUDIENCE}"
     )
-    token.add_argument("--ttl", type=int, default=DEV_TOKEN_TTL_S, help="seconds (default 600)")
+    token.add_argument("--ttl", type=int, default=DEV_TOKEN_TTL_S,
+                       help=f"seconds (default 600, at most {MAX_TOKEN_LIFETIME_S})")
     options = parser.parse_args(argv)
+    if options.command == "token" and not 1 <= options.ttl <= MAX_TOKEN_LIFETIME_S:
+        parser.error(f"--ttl must be 1 to {MAX_TOKEN_LIFETIME_S} seconds: servers refuse "
+                     "longer-lived tokens")
     if options.command == "token":
         return _token_command(options)
     return run()

@@ -161,6 +161,7 @@ class _Unsettled:
     outcome: CeremonyOutcome
     old_root: RootKey
     new_root: RootKey
+    new_share_set: int
 
 
 def _share_set_of(mnemonic: str) -> int | None:
@@ -236,7 +237,7 @@ class ShamirRootKeys:
         self._unsettled: _Unsettled | None = None
         self._undelivered: _Unsettled | None = None  # the last ceremony that landed
         # The last init's request, root key id and sealed shares, for its retries.
-        self._initialized: tuple[tuple[int, int, tuple[bytes, ...]], str,
+        self._initialized: tuple[tuple[int, int, tuple[bytes, ...]], tuple[str, int],
                                  tuple[SealedShare, ...]] | None = None
         self._keyring: Keyring | None = None
 
@@ -295,7 +296,7 @@ class ShamirRootKeys:
         current = await self.share_set()
         kept = self._initialized
         if current is not None and kept is not None and kept[:2] == (
-                (threshold, count, keys), current.root_key_id):
+                (threshold, count, keys), (current.root_key_id, current.identifier)):
             return kept[2]  # a retry: the first reply was lost, or its files not written
         if current is not None:
             raise AlreadyExists(VAULT_INITIALIZED, "the vault is initialized already")
@@ -306,7 +307,7 @@ class ShamirRootKeys:
         root = RootKey(secret)
         # Kept (sealed to the custodians, nothing else) before the write: if its
         # reply is lost, a retry of this request gets the same shares.
-        self._initialized = ((threshold, count, keys), root.key_id, sealed)
+        self._initialized = ((threshold, count, keys), (root.key_id, identifier), sealed)
         created = await self._keyring.create(root,
                                              _share_set_fields(identifier, threshold, count))
         if not created:
@@ -362,7 +363,8 @@ class ShamirRootKeys:
                     **_share_set_fields(identifier, threshold, count)}
 
         asked = _Asked(kind, threshold, count, keys, shares.identifier)
-        return await self._commit(changes, _Unsettled("", asked, outcome, old, new), mnemonic)
+        return await self._commit(changes, _Unsettled("", asked, outcome, old, new, identifier),
+                                  mnemonic)
 
     async def _commit(self, changes: Callable[[Mapping[str, str]], dict[str, str]],
                       ceremony: _Unsettled, mnemonic: str) -> CeremonyOutcome:
@@ -390,6 +392,7 @@ class ShamirRootKeys:
                 # Kept for retries too: this reply can be lost on its way (a
                 # dropped connection, a tool that cannot write the share files).
                 self._undelivered = replace(ceremony, marker=marker)
+                self._initialized = None  # its shares belong to a replaced set now
                 return ceremony.outcome
             self._root = ceremony.old_root
         raise FailedPrecondition(KEYRING_BUSY, "the keyring kept changing; retry the ceremony")
@@ -422,6 +425,10 @@ class ShamirRootKeys:
         if landed is None or landed.asked != _Asked(kind, threshold, count, keys,
                                                      _share_set_of(mnemonic)):
             return None
+        current = await self.share_set()
+        if current is None or (current.identifier, current.root_key_id) != (
+                landed.new_share_set, landed.outcome.root_key_id):
+            return None  # another ceremony (here or in another process) replaced it
         return landed.outcome
 
     async def _require_share_set(self) -> ShareSet:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import getpass
 import json
 import os
@@ -130,6 +131,12 @@ def write_sealed_shares(shares: Sequence[admin_pb2.SealedShare], custody: Sequen
         for share, custodian in zip(sealed, custody, strict=True):
             _custodian.write_sealed_share(custodian.share_file, share)
     except OSError as error:
+        # None of these names existed (checked before the vault was asked): the
+        # files there are this run's, some maybe cut short. Removed, so that
+        # the same command can run again.
+        for custodian in custody:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(custodian.share_file)
         # The shares must not be lost with the files: print them (each opens
         # only with its custodian's private key) for the operator to save.
         documents = {str(c.share_file): _custodian.sealed_share_text(share)

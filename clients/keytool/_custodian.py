@@ -40,7 +40,7 @@ KEY_FORMAT = "cardlink.vault.v1.CustodianKey"
 _SCRYPT = {"n": 2**17, "r": 8, "p": 1}
 # A key file's own parameters are bounded: a doctored file must not make the
 # tool allocate without limit.
-_MAX_SCRYPT = {"n": 2**20, "r": 16, "p": 4}
+_MAX_SCRYPT = {"n": 2**18, "r": 8, "p": 2}
 KEY_SIZE = 32
 MIN_PASSPHRASE_CHARS = 12
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
@@ -130,8 +130,9 @@ def _open_key_text(path: Path, text: str, passphrase: Callable[[], str]) -> X255
         document = json.loads(text)
         if document.get("format") != KEY_FORMAT or document.get("kdf") != "scrypt":
             raise ValueError("not a custodian key file")
-        cost = {name: int(document[name]) for name in _SCRYPT}
-        if any(not 1 <= cost[name] <= _MAX_SCRYPT[name] for name in cost):
+        cost = {name: document[name] for name in _SCRYPT}
+        if any(type(value) is not int or not 1 <= value <= _MAX_SCRYPT[name]
+               for name, value in cost.items()):
             raise ValueError("scrypt parameters out of bounds")
         salt, nonce, public, sealed = (base64.b64decode(document[name], validate=True) for name in
                                        ("salt", "nonce", "public_key", "ciphertext"))

@@ -22,6 +22,7 @@ from clients.keytool._custodian import (
     open_share,
     parse_sealed_share,
     read_private_key,
+    write_sealed_share,
 )
 from common.clock import ManualClock
 from tests.support.identities import SECURITY_SCOPES, Identities
@@ -302,8 +303,11 @@ async def test_init_never_loses_the_shares_it_asked_for(
                                                metadata=vault.security())
         assert not seal.initialized  # the vault was never asked
 
-        def disk_full(path: Path, share: Any) -> None:
-            raise OSError(28, "No space left on device")
+        def disk_full(path: Path, share: Any) -> None:  # after the first file
+            if any((tmp_path / "full").iterdir()):
+                path.write_text("{cut sh")  # a file cut short, as a full disk leaves it
+                raise OSError(28, "No space left on device")
+            write_sealed_share(path, share)
 
         monkeypatch.setattr("clients.keytool._custodian.write_sealed_share", disk_full)
         assert await keytool(vault, *init, str(tmp_path / "full")) == 9
@@ -313,9 +317,10 @@ async def test_init_never_loses_the_shares_it_asked_for(
         assert isinstance(unsaved, dict) and len(unsaved) == 2
         monkeypatch.undo()
 
-        assert await keytool(vault, *init, str(tmp_path / "shares")) == 0  # the same again
+        assert not list((tmp_path / "full").iterdir())  # its own partial files removed
+        assert await keytool(vault, *init, str(tmp_path / "full")) == 0  # the same again
         for name, key in keys.items():
-            text = (tmp_path / "shares" / f"{name}.share").read_text()
+            text = (tmp_path / "full" / f"{name}.share").read_text()
             assert text == unsaved[str(tmp_path / "full" / f"{name}.share")]
             sealed = parse_sealed_share(text)
             assert sealed is not None and open_share(sealed, key)  # theirs opens
@@ -329,11 +334,12 @@ def test_custodian_key_files_of_every_version_open(tmp_path: Path) -> None:
     assert opened.encrypted and opened.key.public_key().public_bytes_raw() == public
     with pytest.raises(CustodianError, match="wrong passphrase"):
         read_private_key(new_key, lambda: "not the passphrase")
-    doctored = json.loads(new_key.read_text())
-    doctored["n"] = 2**40  # would allocate without bound
-    (tmp_path / "doctored.key").write_text(json.dumps(doctored))
-    with pytest.raises(CustodianError, match="not a custodian private key"):
-        read_private_key(tmp_path / "doctored.key", lambda: PASSPHRASE)
+    for name, value in (("n", 2**40), ("n", 1e400), ("n", True), ("r", "8"), ("p", 3)):
+        doctored = json.loads(new_key.read_text())
+        doctored[name] = value  # would allocate without bound, or is not a number
+        (tmp_path / "doctored.key").write_text(json.dumps(doctored))
+        with pytest.raises(CustodianError, match="not a custodian private key"):
+            read_private_key(tmp_path / "doctored.key", lambda: PASSPHRASE)
     swapped = json.loads(new_key.read_text())
     swapped["public_key"] = base64.b64encode(X25519PrivateKey.generate().public_key()
                                              .public_bytes_raw()).decode()

@@ -75,8 +75,8 @@ def open_shares(sealed: Any, keys: list[X25519PrivateKey]) -> list[str]:
             for s, k in zip(sealed, keys, strict=True)]
 
 
-async def init(vault: VaultHandle) -> list[str]:
-    keys = custodian_keys(N)
+async def init(vault: VaultHandle, keys: list[X25519PrivateKey] | None = None) -> list[str]:
+    keys = keys or custodian_keys(N)
     reply = await vault.admin.InitRoot(admin_pb2.InitRootRequest(
         threshold=K, share_count=N, custodian_public_keys=public_keys(keys)),
         metadata=vault.security())
@@ -176,7 +176,9 @@ async def test_rekey_and_rotate_root_need_k_custodians(
         world: tuple[ManualClock, Identities], redis_client: aioredis.Redis) -> None:
     clock, identities = world
     async with production(redis_url, key_prefix, tmp_path, clock, identities) as vault:
-        shares = await init(vault)
+        first_custodians = custodian_keys(N)
+        shares = await init(vault, first_custodians)
+        assert await init(vault, first_custodians) == shares  # a retry gets them again
         for share in shares[:K]:
             await unseal(vault, share)
         name = await tokenize(vault)
@@ -194,6 +196,10 @@ async def test_rekey_and_rotate_root_need_k_custodians(
         assert done.complete and len(done.sealed_shares) == 3 and not done.shares
         rekeyed = open_shares(done.sealed_shares, three)
         root_id = done.root_key_id
+        # The init request again, same root: its shares belong to a replaced set now.
+        with pytest.raises(grpc.aio.AioRpcError) as again:
+            await init(vault, first_custodians)
+        assert error_from_rpc(again.value).reason == "VAULT_INITIALIZED"
 
         # Rotate the root with 2 of the new shares: the keyring is rewrapped.
         two = custodian_keys(2)
