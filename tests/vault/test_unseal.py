@@ -473,3 +473,27 @@ async def test_a_rekey_that_loses_the_race_to_another_root_rotation_starts_over(
         await unseal(vault, newest[0])
         assert not (await unseal(vault, newest[1])).sealed
         assert (await detokenize(vault, underway.token)).pan == card().pan
+
+
+async def test_kept_shares_are_not_handed_out_once_another_process_replaced_them(
+        redis_url: str, key_prefix: str, tmp_path: Path,
+        world: tuple[ManualClock, Identities]) -> None:
+    """A rotation's retry gets its shares again, but not after another vault
+    process has rekeyed: they belong to a replaced set then, and handing them out
+    as "done" would leave custodians holding shares no unseal takes."""
+    clock, identities = world
+    three = custodian_keys(3)
+    async with _rotation_underway(redis_url, key_prefix, tmp_path, world) as underway, \
+            production(redis_url, key_prefix, tmp_path, clock, identities) as other:
+        vault, shares, two = underway.vault, underway.shares, underway.custodians
+        rotated = await _rotate_root(vault, shares[K - 1], two)
+        newest = open_shares(rotated.sealed_shares, two)
+        assert await _rotate_root(vault, shares[0], two) == rotated  # kept for a retry
+        for share in newest:
+            await unseal(other, share)
+        for share in newest:
+            done = await other.admin.RekeyRoot(admin_pb2.RekeyRootRequest(
+                share=share, threshold=2, share_count=3,
+                custodian_public_keys=public_keys(three)), metadata=other.security())
+        assert done.complete
+        assert await _refused(_rotate_root(vault, shares[0], two)) == "SHARE_WRONG_SET"
