@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import os
-import re
 import tempfile
 from collections import OrderedDict
 from collections.abc import (
@@ -48,6 +47,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from common.clock import Clock
 from common.errors import PermissionDenied, Unauthenticated
 from common.server import Behavior
+from common.tenants import TENANT_RULE, is_tenant
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
@@ -93,7 +93,6 @@ MAX_TOKEN_BYTES = 8192
 # and the verification cache would keep it as long.
 MAX_TOKEN_LIFETIME_S = 86_400
 # The tenant ends up in Redis key names: keep it to a plain identifier.
-_TENANT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
@@ -179,6 +178,9 @@ def parse_trust_document(document: Any) -> dict[str, IssuerTrust]:
         tenants = entry.get("tenants")
         if not isinstance(tenants, list) or not all(isinstance(t, str) for t in tenants):
             raise TrustStoreError(f"issuer {name!r}: tenants must be a list of strings")
+        if bad := [t for t in tenants if t != "*" and not is_tenant(t)]:
+            raise TrustStoreError(f"issuer {name!r}: tenant ids must be {TENANT_RULE}, "
+                                  f"not {bad[0]!r}")
         scopes = entry.get("scopes")
         if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
             raise TrustStoreError(f"issuer {name!r}: scopes must be a list of strings")
@@ -448,7 +450,7 @@ def _principal_from(claims: Mapping[str, Any], issuer_name: str, issuer: IssuerT
     subject, tenant, scope = claims.get("sub"), claims.get("tenant"), claims.get("scope")
     if not isinstance(subject, str) or not subject:
         raise _refuse("TOKEN_INVALID", "the token's subject is invalid", claim="sub")
-    if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
+    if not isinstance(tenant, str) or not is_tenant(tenant):
         raise _refuse("TOKEN_INVALID", "the token's tenant is invalid", claim="tenant")
     if not isinstance(scope, str):
         raise _refuse("TOKEN_INVALID", "the token's scope is invalid", claim="scope")

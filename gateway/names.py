@@ -1,8 +1,8 @@
 """Resource names (AIP-122) of the gateway and the ids inside them.
 
 Tenant and user ids end up inside Redis key names and hash tags, so they are
-restricted to a plain identifier alphabet (the same as the JWT tenant claim):
-no braces, colons or slashes can reach a key.
+restricted to plain alphabets (tenants: the one every part shares,
+``common.tenants``): no braces, colons or slashes can reach a key.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from common.errors import invalid_field
 from common.request_ids import is_uuid4
+from common.tenants import TENANT_RULE, is_tenant
 
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _BINDING_RE = re.compile(r"bnd_[a-z2-7]{26}")
@@ -56,8 +57,9 @@ def parse_user(value: str, field: str = "parent") -> UserName:
     if len(parts) != 4 or parts[0] != "tenants" or parts[2] != "users":
         raise invalid_field(field, "must be tenants/{tenant}/users/{user}", "NAME_INVALID")
     tenant, user = parts[1], parts[3]
-    if not ID_RE.fullmatch(tenant) or not ID_RE.fullmatch(user):
-        raise invalid_field(field, "tenant and user ids: 1-64 of A-Z a-z 0-9 _ -", "NAME_INVALID")
+    if not is_tenant(tenant) or not ID_RE.fullmatch(user):
+        raise invalid_field(field, f"tenant id: {TENANT_RULE}; user id: 1-64 of A-Z a-z 0-9 _ -",
+                            "NAME_INVALID")
     return UserName(tenant, user)
 
 

@@ -12,10 +12,10 @@ import secrets
 from dataclasses import dataclass
 
 from common.errors import invalid_field
+from common.tenants import TENANT_PATTERN
 
 TOKEN_PREFIX = "ctk_"  # noqa: S105 (a format prefix, not a secret)
 TOKEN_RANDOM_BYTES = 16
-TENANT_PATTERN = r"[a-z0-9][a-z0-9-]{0,62}"
 # 26 base32 characters carry 130 bits for 128 random ones: the last
 # character's two low bits are zero, so it is one of a, e, i, m, q, u, y, 4.
 # One canonical spelling per token; checked by the pattern alone, no decoding.

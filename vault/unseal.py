@@ -184,9 +184,12 @@ def check_custodian_keys(keys: Sequence[bytes], count: int) -> tuple[bytes, ...]
     """One distinct, usable raw X25519 public key per share, or INVALID_ARGUMENT."""
     violations: list[FieldViolation] = []
     if len(keys) != count:
-        violations.append(FieldViolation(
-            CUSTODIAN_KEYS_FIELD, f"need exactly share_count ({count}) keys, one per "
-            f"custodian; got {len(keys)}", CUSTODIAN_KEYS_INVALID))
+        # Alone: one violation per key of a long list would outgrow the reply's metadata.
+        raise InvalidArgument(CUSTODIAN_KEYS_INVALID, "custodian_public_keys: give one key "
+                              "per share", violations=[FieldViolation(
+                                  CUSTODIAN_KEYS_FIELD, f"need exactly share_count ({count}) "
+                                  f"keys, one per custodian; got {len(keys)}",
+                                  CUSTODIAN_KEYS_INVALID)])
     seen: set[bytes] = set()
     for index, key in enumerate(keys):
         where = f"{CUSTODIAN_KEYS_FIELD}[{index}]"

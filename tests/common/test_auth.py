@@ -29,6 +29,7 @@ from common.auth import (
     TokenMinter,
     TrustedIssuer,
     TrustStore,
+    TrustStoreError,
     current_principal,
     generate_signing_key,
     jwk_thumbprint,
@@ -301,9 +302,20 @@ def test_each_required_claim(world: World, claim: str) -> None:
     assert (error.reason, error.metadata.get("claim")) == ("TOKEN_INVALID", claim)
 
 
-@pytest.mark.parametrize("tenant", ["a:b", "acme}", "", "x" * 65, "ac me"])
-def test_tenant_that_could_break_key_names_is_refused(world: World, tenant: str) -> None:
+@pytest.mark.parametrize("tenant", ["a:b", "acme}", "", "x" * 64, "ac me", "Acme", "acme_co",
+                                    "-acme"])
+def test_tenant_outside_the_shared_alphabet_is_refused(world: World, tenant: str) -> None:
+    """The vault's names take lowercase letters, digits and hyphens only: a tenant
+    the gateway accepted and the vault refused would fail every binding."""
     assert _refused(world, _signed(world, _claims(world, tenant=tenant))).reason == "TOKEN_INVALID"
+
+
+def test_a_trust_store_naming_an_impossible_tenant_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "trust.json"
+    write_trust_store(path, {GATEWAY: TrustedIssuer(
+        [public_jwk(generate_signing_key(), "k")], ["acme", "Acme_Co"], GATEWAY_SCOPES)})
+    with pytest.raises(TrustStoreError, match="Acme_Co"):
+        TrustStore(path, ManualClock()).snapshot()
 
 
 @pytest.mark.parametrize("token", ["", "abc", "a.b.c", "e30.e30.", "x" * 9000])

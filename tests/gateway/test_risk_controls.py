@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import Callable
@@ -136,3 +137,23 @@ async def test_an_unbound_card_is_free_at_once_even_after_a_repeated_bind(stack:
     await sdk.unbind_binding(binding.name)
     other = await sdk.create_binding("u-21", ALICE, default_consent())
     assert other.state == Binding.STATE_PENDING_CODE
+
+
+async def test_a_forged_page_token_is_invalid_argument(stack: Stack) -> None:
+    """Page tokens are opaque, but a crafted one is still only bad input."""
+    sdk = await stack.sdk()
+    for _ in range(3):
+        await sdk.create_binding("u-30", ALICE, default_consent())
+    [first, *_] = [b async for b in sdk.list_bindings("u-30", page_size=1)]
+    stub = bindings_pb2_grpc.BindingsStub(stack.channel)
+    auth = bearer_metadata(stack.token())
+    parent = "tenants/acme/users/u-30"
+    deep = base64.urlsafe_b64encode(b"[" * 50_000).decode()  # nests past the parser
+    boolean = base64.urlsafe_b64encode(json.dumps({"p": parent, "s": True}).encode()).decode()
+    tokens = {"deeply nested": deep, "boolean position": boolean, "not base64": "!!",
+              "empty object": "e30="}
+    for what, token in tokens.items():
+        error = await refused(stub.ListBindings(bindings_pb2.ListBindingsRequest(
+            parent=parent, page_size=1, page_token=token), metadata=auth))
+        assert isinstance(error, InvalidArgument) and error.reason == "PAGE_TOKEN_INVALID", what
+    assert first.card.last_four == "1111"

@@ -132,6 +132,8 @@ async def test_missing_duplicate_and_malformed_custodian_keys_change_nothing(
         error = await refusal(init_reply(vault, [good[0], good[1], bytes(32)]))  # low order
         assert [v.field for v in error.violations] == ["custodian_public_keys[2]"]
         await refusal(init_reply(vault, []))
+        flood = await refusal(init_reply(vault, [b"x"] * 500))  # one violation, not 500
+        assert [v.field for v in flood.violations] == ["custodian_public_keys"]
         state = await vault.admin.GetSealStatus(admin_pb2.GetSealStatusRequest(),
                                                 metadata=vault.security())
         assert not state.initialized and state.sealed
