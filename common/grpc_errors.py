@@ -24,7 +24,7 @@ from grpc_status import rpc_status
 
 from common import errors
 from common.errors import DOMAIN, CardLinkError, Code, FieldViolation
-from common.server import Behavior
+from common.server import Behavior, MalformedRequest
 
 __all__ = [
     "ERROR_CLASSES",
@@ -132,6 +132,12 @@ def _to_grpc_status(error: CardLinkError) -> grpc.Status | None:
         return None
 
 
+def _malformed() -> errors.InvalidArgument:
+    return errors.InvalidArgument("REQUEST_MALFORMED", "the request does not parse as this "
+                                  "method's message (corrupt bytes, or a string that is not "
+                                  "UTF-8)")
+
+
 def error_guard(method: str, behavior: Behavior) -> Behavior:
     """Turns exceptions raised by ``behavior`` (and inner guards) into statuses.
 
@@ -144,6 +150,8 @@ def error_guard(method: str, behavior: Behavior) -> Behavior:
     if inspect.isasyncgenfunction(behavior):
 
         async def generator(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if isinstance(request, MalformedRequest):
+                await _abort(context, _malformed())
             try:
                 async for response in behavior(request, context):
                     yield response
@@ -155,6 +163,8 @@ def error_guard(method: str, behavior: Behavior) -> Behavior:
         return generator
 
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if isinstance(request, MalformedRequest):
+            await _abort(context, _malformed())
         try:
             return await behavior(request, context)
         except grpc.aio.AbortError:

@@ -23,6 +23,7 @@ from typing import Any, cast
 
 import grpc
 from google.protobuf import descriptor_pool
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
@@ -30,6 +31,7 @@ __all__ = [
     "DEFAULT_OPTIONS",
     "Behavior",
     "Guard",
+    "MalformedRequest",
     "RunningServer",
     "Service",
     "install_uvloop",
@@ -130,6 +132,45 @@ async def start_server(
     return RunningServer(server, port, health_servicer)
 
 
+@dataclass(frozen=True)
+class MalformedRequest:
+    """What a method gets for request bytes that do not parse as its message.
+    ``error_guard`` answers it with INVALID_ARGUMENT; grpc alone would answer
+    UNKNOWN carrying the parser's exception text."""
+
+
+def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def tolerant_parse(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError:  # corrupt wire bytes, or a string field that is not UTF-8
+            return MalformedRequest()
+
+    return tolerant_parse
+
+
+class _TolerantHandler(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    """A service's generic handler whose single-request methods parse with
+    ``_tolerant``; each method's handler is built once, on its first call."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler[Any, Any]) -> None:
+        self._inner = inner
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def service(self, details: grpc.HandlerCallDetails) -> Any:
+        handler = self._handlers.get(details.method)
+        if handler is None:
+            handler = self._inner.service(details)
+            if handler is None:
+                return None  # not one of this service's methods (not kept: any name may come)
+            if not handler.request_streaming and handler.request_deserializer is not None:
+                # grpc's method handlers are namedtuples (the stubs do not say so).
+                handler = handler._replace(  # type: ignore[attr-defined]
+                    request_deserializer=_tolerant(handler.request_deserializer))
+            self._handlers[details.method] = handler
+        return handler
+
+
 class _GenericOnly:
     """The server as the generated ``add_*_to_server`` functions see it: their
     generic handlers are kept, their registered-method handlers dropped.
@@ -146,7 +187,7 @@ class _GenericOnly:
 
     def add_generic_rpc_handlers(
             self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]) -> None:
-        self._server.add_generic_rpc_handlers(handlers)
+        self._server.add_generic_rpc_handlers([_TolerantHandler(h) for h in handlers])
 
     def add_registered_method_handlers(
             self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]) -> None:

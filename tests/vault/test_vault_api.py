@@ -260,3 +260,19 @@ async def test_no_pan_or_identity_in_redis_or_logs(
     for secret in [*secrets, card("4111111111111112")]:
         for value in (secret.pan, secret.national_id, secret.phone, secret.holder_name):
             assert value.encode() not in haystack
+
+
+@pytest.mark.parametrize(("what", "body"), [
+    ("corrupt wire bytes", b"\xff\xff\xff\xff"),
+    ("a name that is not UTF-8", b"\x0a\x02\xff\xfe"),  # field 1 (name), 2 bytes
+])
+async def test_a_request_that_does_not_parse_is_invalid_argument(
+        vault: VaultHandle, what: str, body: bytes) -> None:
+    """grpc alone answers UNKNOWN with the parser's exception text."""
+    call = vault.channel.unary_unary("/cardlink.vault.v1.TokenVault/GetToken",
+                                     request_serializer=None, response_deserializer=None)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call(body, metadata=vault.partner())
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, what
+    assert error_from_rpc(caught.value).reason == "REQUEST_MALFORMED"
+    assert "DecodeError" not in (caught.value.details() or "")
