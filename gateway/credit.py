@@ -12,7 +12,15 @@ from __future__ import annotations
 import logging
 
 from common.clock import Clock
-from common.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from common.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    invalid_field,
+)
 from gateway.binding import BindingService, bank_key
 from gateway.credit_store import CreditStore
 from gateway.idempotency import Codec, IdempotencyStore, fingerprint
@@ -42,7 +50,8 @@ class CreditService:
 
     async def activate(self, user: UserName, binding: ChildName, request_id: str) -> CreditLine:
         if binding.parent != user:
-            raise InvalidArgument("BINDING_OF_OTHER_USER", "the binding is not the parent's")
+            raise invalid_field("binding", "not a binding of the parent user",
+                                "BINDING_OF_OTHER_USER")
         return await self._idem.run(
             user.tenant, "ActivateCreditLine", request_id, fingerprint(str(user), str(binding)),
             lambda: self._activate(user, binding, request_id), self._codec,
@@ -99,7 +108,9 @@ class CreditService:
         self._check(status, value)
         if status == "CURRENCY":
             raise InvalidArgument("CURRENCY_MISMATCH", "the limit must be in the line's currency",
-                                  metadata={"currency_code": value})
+                                  metadata={"currency_code": value}, violations=[FieldViolation(
+                                      "limit.currency_code", f"must be {value}, the line's",
+                                      "CURRENCY_MISMATCH")])
         return await self.get(name)
 
     async def set_frozen(self, name: ChildName, frozen: bool, request_id: str,

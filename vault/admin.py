@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from common.clock import Clock
-from common.errors import CardLinkError, FailedPrecondition
+from common.errors import CardLinkError, FailedPrecondition, invalid_field
 from vault.audit import (
     KEY_DESTROY,
     KEY_RETIRE,
@@ -142,6 +142,9 @@ class KeyAdminService:
 
     async def rewrap(self, batch_size: int, limit: int,
                      actor: Actor) -> AsyncIterator[RewrapProgress]:
+        for name, value in (("batch_size", batch_size), ("limit", limit)):
+            if value < 0:
+                raise invalid_field(name, "0 (the default) or more", "REWRAP_OPTION_INVALID")
         await self._record(KEY_REWRAP, actor, RESULT_INTENT,
                            f"batch_size={batch_size} limit={limit}")
         last: RewrapProgress | None = None

@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from cardlink.vault.v1 import admin_pb2, admin_pb2_grpc
 from common.auth import current_principal
-from common.errors import InvalidArgument
+from common.errors import invalid_field
 from vault.admin import KeyAdminService
 from vault.audit import Checkpoint
 from vault.keyring import FINGERPRINT, KEK, SEALING, SIGNING, EntryInfo
@@ -32,7 +32,8 @@ KIND_VALUES: dict[str, admin_pb2.KeyKind.ValueType] = {v: k for k, v in KINDS.it
 
 def _kind(value: int) -> str:
     if value not in KINDS:
-        raise InvalidArgument(KEY_KIND_INVALID, "kind must be KEK, FINGERPRINT, SEALING or SIGNING")
+        raise invalid_field("kind", "must be KEK, FINGERPRINT, SEALING or SIGNING",
+                            KEY_KIND_INVALID)
     return KINDS[value]
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from common.clock import Clock
-from common.errors import Aborted, FailedPrecondition, InvalidArgument
+from common.errors import Aborted, FailedPrecondition, invalid_field
 from vault.keyring import (
     FINGERPRINT,
     GENERATION_FIELD,
@@ -73,7 +73,8 @@ class KeyringStatus:
 
 def check_kind(kind: str) -> str:
     if kind not in ROTATABLE_KINDS:
-        raise InvalidArgument(KEY_KIND_INVALID, f"kind must be one of {', '.join(ROTATABLE_KINDS)}")
+        raise invalid_field("kind", f"must be one of {', '.join(ROTATABLE_KINDS)}",
+                            KEY_KIND_INVALID)
     return kind
 
 

@@ -49,6 +49,7 @@ from common.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
+    invalid_field,
 )
 from vault.crypto import (
     CUSTODIAN_KEY_SIZE,
@@ -173,11 +174,13 @@ def _share_set_of(mnemonic: str) -> int | None:
 
 def check_share_parameters(threshold: int, count: int) -> None:
     if not 1 <= threshold <= count <= MAX_SHARES:
-        raise InvalidArgument(SHARE_PARAMETERS_INVALID,
-                              f"need 1 <= threshold <= share_count <= {MAX_SHARES}")
+        rule = f"need 1 <= threshold <= share_count <= {MAX_SHARES}"
+        raise InvalidArgument(SHARE_PARAMETERS_INVALID, rule, violations=[
+            FieldViolation(name, rule, SHARE_PARAMETERS_INVALID)
+            for name in ("threshold", "share_count")])
     if threshold == 1 and count > 1:
         # SLIP-39 refuses it: n copies of the secret itself, no split knowledge.
-        raise InvalidArgument(SHARE_PARAMETERS_INVALID, "a threshold of 1 allows one share only")
+        raise invalid_field("threshold", "1 allows one share only", SHARE_PARAMETERS_INVALID)
 
 
 def check_custodian_keys(keys: Sequence[bytes], count: int) -> tuple[bytes, ...]:

@@ -112,6 +112,7 @@ async def test_limit_cut_below_usage_leaves_zero_available(stack: Stack) -> None
             name=line.name, limit=resources_pb2.Money(currency_code="USD", units_minor=1),
             request_id=str(uuid.uuid4())), metadata=bank_auth(stack)))
     assert wrong_currency.reason == "CURRENCY_MISMATCH"
+    assert [v.field for v in wrong_currency.violations] == ["limit.currency_code"]
 
 
 def close_request(line: Line, reason: str = "ACCOUNT_CLOSED",

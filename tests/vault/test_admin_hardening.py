@@ -18,7 +18,7 @@ from tests.support.vault import VaultHandle
 from tests.vault.test_store_service import START, make_service
 from vault import Actor
 from vault.admin import KeyAdminService
-from vault.audit import AuditEntry
+from vault.audit import AuditEntry, audit_key
 from vault.guards import _claim
 from vault.rewrap import REWRAP_LEASE_LOST, Rewrapper, _State
 from vault.unseal import CeremonyOutcome, SealedShare
@@ -129,3 +129,29 @@ def test_key_material_is_not_in_reprs() -> None:
     from vault.keyring import _Entry
     entry = _Entry("kek", 1, "kek-1", 0.0, None, b"\x01secret-material")
     assert "secret-material" not in repr(entry)
+
+
+async def test_bad_admin_input_names_its_field_and_is_not_audited(
+        vault: VaultHandle, redis_client: aioredis.Redis) -> None:
+    before = await redis_client.xlen(audit_key(vault.config.redis_prefix))
+
+    async def violated(call: Any) -> tuple[str, list[str]]:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        error = error_from_rpc(caught.value)
+        return error.reason, [v.field for v in error.violations]
+
+    security = vault.security()
+    assert await violated(vault.admin.RotateKey(
+        admin_pb2.RotateKeyRequest(), metadata=security)) == ("KEY_KIND_INVALID", ["kind"])
+    for request, field in ((admin_pb2.RewrapRecordsRequest(limit=-1), "limit"),
+                           (admin_pb2.RewrapRecordsRequest(batch_size=-5), "batch_size")):
+        call = vault.admin.RewrapRecords(request, metadata=security)
+        assert await violated(_drain(call)) == ("REWRAP_OPTION_INVALID", [field])
+    assert await redis_client.xlen(audit_key(vault.config.redis_prefix)) == before
+
+
+async def _drain(call: Any) -> None:
+    async for _ in call:
+        pass
