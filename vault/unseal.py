@@ -154,8 +154,9 @@ class _Asked:
 
 
 @dataclass(frozen=True, slots=True)
-class _Unsettled:
-    """A ceremony whose keyring change may have landed: its reply was lost."""
+class _CeremonyWrite:
+    """A ceremony's keyring write: what was asked, what it hands out, the root
+    before and after, and the marker the write carries (set once it is sent)."""
 
     marker: str
     asked: _Asked
@@ -163,6 +164,16 @@ class _Unsettled:
     old_root: RootKey
     new_root: RootKey
     new_share_set: int
+
+
+@dataclass(frozen=True, slots=True)
+class _InitWrite:
+    """The last init: what was asked, the root and share set it wrote, its shares."""
+
+    asked: tuple[int, int, tuple[bytes, ...]]  # threshold, count, custodian keys
+    root_key_id: str
+    share_set: int
+    shares: tuple[SealedShare, ...]
 
 
 def _share_set_of(mnemonic: str) -> int | None:
@@ -240,11 +251,9 @@ class ShamirRootKeys:
         self._counter_key = f"{prefix}:vault:unseal"
         self._root: RootKey | None = None
         self._ceremony: _Ceremony | None = None
-        self._unsettled: _Unsettled | None = None
-        self._undelivered: _Unsettled | None = None  # the last ceremony that landed
-        # The last init's request, root key id and sealed shares, for its retries.
-        self._initialized: tuple[tuple[int, int, tuple[bytes, ...]], tuple[str, int],
-                                 tuple[SealedShare, ...]] | None = None
+        self._unsettled: _CeremonyWrite | None = None  # its reply was lost
+        self._undelivered: _CeremonyWrite | None = None  # the last ceremony that landed
+        self._initialized: _InitWrite | None = None  # for a retry of the last init
         self._keyring: Keyring | None = None
 
     def attach(self, keyring: Keyring) -> None:
@@ -301,9 +310,10 @@ class ShamirRootKeys:
             raise RuntimeError("attach a keyring first")
         current = await self.share_set()
         kept = self._initialized
-        if current is not None and kept is not None and kept[:2] == (
-                (threshold, count, keys), (current.root_key_id, current.identifier)):
-            return kept[2]  # a retry: the first reply was lost, or its files not written
+        if current is not None and kept is not None and (
+                kept.asked, kept.root_key_id, kept.share_set) == (
+                (threshold, count, keys), current.root_key_id, current.identifier):
+            return kept.shares  # a retry: the first reply was lost, or its files not written
         if current is not None:
             raise AlreadyExists(VAULT_INITIALIZED, "the vault is initialized already")
         secret = new_symmetric_key()
@@ -313,7 +323,7 @@ class ShamirRootKeys:
         root = RootKey(secret)
         # Kept (sealed to the custodians, nothing else) before the write: if its
         # reply is lost, a retry of this request gets the same shares.
-        self._initialized = ((threshold, count, keys), (root.key_id, identifier), sealed)
+        self._initialized = _InitWrite((threshold, count, keys), root.key_id, identifier, sealed)
         created = await self._keyring.create(root,
                                              _share_set_fields(identifier, threshold, count))
         if not created:
@@ -339,7 +349,7 @@ class ShamirRootKeys:
         check_share_parameters(threshold, count)
         keys = check_custodian_keys(custodian_keys, count)
         await self.root_key()  # only an unsealed process runs ceremonies
-        landed = await self._landed(kind, threshold, count, keys, mnemonic)
+        landed = await self._landed(_Asked(kind, threshold, count, keys, _share_set_of(mnemonic)))
         if landed is not None:  # a retry of a ceremony whose reply was lost
             return landed
         shares = await self._require_share_set()
@@ -369,11 +379,10 @@ class ShamirRootKeys:
                     **_share_set_fields(identifier, threshold, count)}
 
         asked = _Asked(kind, threshold, count, keys, shares.identifier)
-        return await self._commit(changes, _Unsettled("", asked, outcome, old, new, identifier),
-                                  mnemonic)
+        return await self._commit(changes, _CeremonyWrite("", asked, outcome, old, new, identifier))
 
     async def _commit(self, changes: Callable[[Mapping[str, str]], dict[str, str]],
-                      ceremony: _Unsettled, mnemonic: str) -> CeremonyOutcome:
+                      ceremony: _CeremonyWrite) -> CeremonyOutcome:
         assert self._keyring is not None
         marker = secrets.token_hex(16)
         for _ in range(8):
@@ -388,9 +397,7 @@ class ShamirRootKeys:
                 self._unsettled = replace(ceremony, marker=marker)
                 if not isinstance(error, CardLinkError):
                     raise
-                asked = ceremony.asked
-                landed = await self._landed(asked.kind, asked.threshold, asked.count,
-                                            asked.custodian_keys, mnemonic)
+                landed = await self._landed(ceremony.asked)
                 if landed is None:
                     raise
                 return landed
@@ -420,16 +427,14 @@ class ShamirRootKeys:
             self._undelivered = unsettled
         self._keyring.invalidate()
 
-    async def _landed(self, kind: str, threshold: int, count: int,
-                      keys: tuple[bytes, ...], mnemonic: str) -> CeremonyOutcome | None:
+    async def _landed(self, asked: _Asked) -> CeremonyOutcome | None:
         """The shares of the last ceremony that landed, for its retries only: the
         same request, with a share of the set it replaced (its reply may have been
         lost). They stay until another ceremony lands: they open only with the
         custodians' keys, and a reply that is lost again must not lose them."""
         await self._settle()
         landed = self._undelivered
-        if landed is None or landed.asked != _Asked(kind, threshold, count, keys,
-                                                     _share_set_of(mnemonic)):
+        if landed is None or landed.asked != asked:
             return None
         current = await self.share_set()
         if current is None or (current.identifier, current.root_key_id) != (
