@@ -92,7 +92,6 @@ MAX_TOKEN_BYTES = 8192
 # A token valid for longer is refused: a leaked one would work for that long,
 # and the verification cache would keep it as long.
 MAX_TOKEN_LIFETIME_S = 86_400
-# The tenant ends up in Redis key names: keep it to a plain identifier.
 
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey

@@ -91,8 +91,8 @@ class ClientTls:
 
 
 def open_channel(target: str, tls: ClientTls | None, *,
-            options: Sequence[tuple[str, Any]] = (),
-            interceptors: Sequence[Any] | None = None) -> grpc.aio.Channel:
+                 options: Sequence[tuple[str, Any]] = (),
+                 interceptors: Sequence[Any] | None = None) -> grpc.aio.Channel:
     """A channel to ``target``: TLS with ``tls``, plaintext without."""
     if tls is None:
         return grpc.aio.insecure_channel(target, options=list(options),
