@@ -1,0 +1,103 @@
+"""The gateway's bank port against answers that break the bank contract.
+
+A scripted BankCore serves on loopback (real gRPC) and answers DecideCredit
+with exactly the reply a test gives it, so each breach is tried on its own:
+an approval must carry a positive limit in a valid currency and an account,
+or it is the bank's error (INTERNAL BANK_PROTOCOL, no field violations: the
+caller sent nothing wrong), never a credit line nor the caller's
+INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+
+from cardlink.bank.v1 import bank_core_pb2 as pb
+from common.errors import Internal
+from gateway.bank_connector import GrpcBank
+from gateway.connectors import CallPolicy
+from gateway.models import Money
+
+USER = "tenants/acme/users/u-1"
+
+
+@dataclass
+class ScriptedBank:
+    """Answers every DecideCredit with ``reply``; keeps the requests it got.
+    (No other method: the port is asked for a decision only.)"""
+
+    reply: pb.DecideCreditResponse = field(default_factory=pb.DecideCreditResponse)
+    requests: list[pb.DecideCreditRequest] = field(default_factory=list)
+
+    async def DecideCredit(self, request: pb.DecideCreditRequest,
+                           context: grpc.aio.ServicerContext[object, object]
+                           ) -> pb.DecideCreditResponse:
+        self.requests.append(request)
+        return self.reply
+
+
+@pytest.fixture
+async def bank() -> AsyncIterator[tuple[ScriptedBank, GrpcBank]]:
+    scripted = ScriptedBank()
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+        pb.DESCRIPTOR.services_by_name["BankCore"].full_name,
+        {"DecideCredit": grpc.unary_unary_rpc_method_handler(
+            scripted.DecideCredit, request_deserializer=pb.DecideCreditRequest.FromString,
+            response_serializer=pb.DecideCreditResponse.SerializeToString)})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield scripted, GrpcBank(channel, lambda tenant: (("tenant", tenant),),
+                                     CallPolicy(deadline_s=2.0, attempts=1))
+    finally:
+        await server.stop(None)
+
+
+def approval(currency: str = "EUR", units: int = 50_000,
+             account: str = "acct-1") -> pb.DecideCreditResponse:
+    return pb.DecideCreditResponse(
+        outcome=pb.DecideCreditResponse.OUTCOME_APPROVED, account_id=account,
+        limit=pb.Money(currency_code=currency, units_minor=units), tier="standard")
+
+
+async def test_a_well_formed_approval_and_decline_come_through(
+        bank: tuple[ScriptedBank, GrpcBank]) -> None:
+    scripted, port = bank
+    scripted.reply = approval()
+    decision = await port.decide_credit("ctk_x", USER, "key-1")
+    assert decision.approved and decision.account_id == "acct-1"
+    assert decision.limit == Money("EUR", 50_000) and decision.tier == "standard"
+    assert scripted.requests[-1].idempotency_key == "key-1"
+
+    scripted.reply = pb.DecideCreditResponse(outcome=pb.DecideCreditResponse.OUTCOME_DECLINED,
+                                             decline_reason="LOW_SCORE")
+    declined = await port.decide_credit("ctk_x", USER, "key-2")
+    assert not declined.approved and declined.decline_reason == "LOW_SCORE"
+    assert declined.limit is None
+
+
+@pytest.mark.parametrize("reply", [
+    approval(units=0),  # a zero limit
+    approval(units=-100),  # a negative one
+    approval(currency=""),  # no currency
+    approval(currency="eur"),  # not ISO 4217
+    approval(account=""),  # no account to book against
+    pb.DecideCreditResponse(outcome=pb.DecideCreditResponse.OUTCOME_APPROVED,
+                            account_id="acct-1", tier="standard"),  # no limit at all
+    pb.DecideCreditResponse(),  # no outcome
+], ids=["zero-limit", "negative-limit", "no-currency", "bad-currency", "no-account",
+        "no-limit", "no-outcome"])
+async def test_an_approval_in_breach_of_the_contract_is_the_bank_s_error(
+        bank: tuple[ScriptedBank, GrpcBank], reply: pb.DecideCreditResponse) -> None:
+    scripted, port = bank
+    scripted.reply = reply
+    with pytest.raises(Internal) as raised:
+        await port.decide_credit("ctk_x", USER, "key-1")
+    assert raised.value.reason == "BANK_PROTOCOL"
+    assert not raised.value.violations
