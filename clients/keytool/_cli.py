@@ -49,8 +49,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--issuer", default=env("CARDLINK_KEYTOOL_ISSUER", "cardlink-security"))
     parser.add_argument("--subject", default=env("CARDLINK_KEYTOOL_SUBJECT",
                                                  env("USER", "security-officer")))
-    parser.add_argument("--token", default=env("CARDLINK_KEYTOOL_TOKEN"),
-                        help=argparse.SUPPRESS)
     parser.add_argument("--audience", default=env("CARDLINK_VAULT_AUDIENCE", "cardlink-vault"))
     tls = f"{VAULT_CLIENT_TLS}_TLS"
     parser.add_argument("--tls-ca", default=env(f"{tls}_CA_FILE"),
@@ -140,8 +138,11 @@ _OFFLINE = {"keygen": _commands.keygen, "keygen-custodian": _commands.keygen_cus
 
 
 def _bearer(args: argparse.Namespace) -> str:
-    if args.token:
-        return str(args.token)
+    # A ready-made token comes from the environment only: a command line is
+    # readable by every local user (ps, /proc), and this one unseals the vault.
+    token = os.environ.get("CARDLINK_KEYTOOL_TOKEN")
+    if token:
+        return token
     key = load_private_key_pem(_key_file(args))
     minter = TokenMinter(key, args.kid or jwk_thumbprint(key), args.issuer, args.audience,
                          SystemClock())

@@ -6,8 +6,10 @@ import asyncio
 import base64
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import redis.asyncio as aioredis
@@ -37,8 +39,14 @@ async def keytool(vault: VaultHandle, *argv: str, token: str | None = None) -> i
     """Run the tool in a thread (it has its own event loop), as the security team."""
     bearer = token if token is not None else vault.identities.token(
         "cardlink-security", "security", SECURITY_SCOPES)
-    args = ["--address", vault.address, "--token", bearer, *argv]
-    return await asyncio.to_thread(main, args)
+    return await asyncio.to_thread(with_token, bearer, ["--address", vault.address, *argv])
+
+
+def with_token(token: str, argv: list[str]) -> int:
+    """The tool's exit code for ``argv`` with ``token`` as its credential (the
+    environment is the only way to hand it one)."""
+    with mock.patch.dict(os.environ, {"CARDLINK_KEYTOOL_TOKEN": token}):
+        return main(argv)
 
 
 def last_json(text: str) -> dict[str, object]:
@@ -125,9 +133,15 @@ async def test_credentials_and_reachability(vault: VaultHandle,
     partner = vault.identities.token("acme-partner", "acme", ["vault.tokens.get"])
     assert await keytool(vault, "status", token=partner) == 7
     assert "SCOPE_MISSING" in capsys.readouterr().err
-    assert await asyncio.to_thread(main, ["--address", "127.0.0.1:1", "--token", "x",
-                                          "--timeout", "1", "status"]) == 3
+    assert await asyncio.to_thread(with_token, "x", ["--address", "127.0.0.1:1",
+                                                     "--timeout", "1", "status"]) == 3
     assert await asyncio.to_thread(main, ["--address", vault.address, "status"]) == 2
+    # A bearer token on the command line would be readable by every local user.
+    security = vault.identities.token("cardlink-security", "security", SECURITY_SCOPES)
+    with pytest.raises(SystemExit) as usage:
+        await asyncio.to_thread(main, ["--address", vault.address, "--token", security,
+                                       "status"])
+    assert usage.value.code == 2
 
 
 PASSPHRASE = "correct horse battery staple"

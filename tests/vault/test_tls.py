@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from cardlink.vault.v1 import vault_pb2
-from clients.keytool import main
 from common.config import ConfigError, Env
 from common.tls import VAULT_CLIENT_TLS, ClientTls, ServerTls
 from gateway.config import GatewayConfig
@@ -18,6 +17,7 @@ from tests.support.cards import card
 from tests.support.certs import issue, serving, write
 from tests.support.identities import SECURITY_SCOPES
 from tests.support.vault import running_vault
+from tests.vault.test_keytool import with_token
 
 
 async def test_a_vault_with_mutual_tls_serves_only_certified_clients(
@@ -41,12 +41,12 @@ async def test_a_vault_with_mutual_tls_serves_only_certified_clients(
 
         # The key tool, with the same settings as flags.
         token = vault.identities.token("cardlink-security", "security", SECURITY_SCOPES)
-        base = ["--address", vault.address, "--token", token]
+        base = ["--address", vault.address]
         tls = ["--tls-ca", str(ca_file), "--tls-cert", str(gateway_cert), "--tls-key",
                str(gateway_key), "--tls-server-name", "vault.test"]
-        assert await asyncio.to_thread(main, [*base, *tls, "status"]) == 0
-        assert await asyncio.to_thread(main, [*base, "--timeout", "2", "status"]) == 3
-        assert await asyncio.to_thread(main, [*base, "--tls-cert", "c", "status"]) == 2
+        assert await asyncio.to_thread(with_token, token, [*base, *tls, "status"]) == 0
+        assert await asyncio.to_thread(with_token, token, [*base, "--timeout", "2", "status"]) == 3
+        assert await asyncio.to_thread(with_token, token, [*base, "--tls-cert", "c", "status"]) == 2
 
 
 def test_vault_clients_read_their_tls_settings_from_one_place() -> None:
