@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -38,8 +39,11 @@ exit codes: 0 ok, 1 refused by the vault, 2 usage, 3 vault unreachable,
 8 rewrap incomplete"""
 
 
-def _parser() -> argparse.ArgumentParser:
-    env = os.environ.get
+TOKEN_ENV = "CARDLINK_KEYTOOL_TOKEN"  # noqa: S105 (a variable name, not a secret)
+
+
+def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    env = environ.get
     parser = argparse.ArgumentParser(
         prog="cardlink-keytool", description="CardLink vault key administration.",
         epilog=ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--subject", default=env("CARDLINK_KEYTOOL_SUBJECT",
                                                  env("USER", "security-officer")))
     parser.add_argument("--audience", default=env("CARDLINK_VAULT_AUDIENCE", "cardlink-vault"))
+    # From the environment only: a command line is readable by every local
+    # user (ps, /proc), and this token may unseal the vault.
+    parser.set_defaults(token=env(TOKEN_ENV), environ=environ)
     tls = f"{VAULT_CLIENT_TLS}_TLS"
     parser.add_argument("--tls-ca", default=env(f"{tls}_CA_FILE"),
                         help="TLS to the vault: the CA file that signed its certificate")
@@ -125,7 +132,7 @@ def _key_file(args: argparse.Namespace) -> Path:
     if args.key_file:
         return Path(args.key_file)
     # `make run` keeps a development key for the security team in its state folder.
-    dev_key = state_dir(os.environ) / "jwt" / f"{args.issuer}.pem"
+    dev_key = state_dir(args.environ) / "jwt" / f"{args.issuer}.pem"
     if dev_key.exists():
         return dev_key
     raise _commands.UsageError("give --key-file (or CARDLINK_KEYTOOL_KEY_FILE), or run "
@@ -138,11 +145,8 @@ _OFFLINE = {"keygen": _commands.keygen, "keygen-custodian": _commands.keygen_cus
 
 
 def _bearer(args: argparse.Namespace) -> str:
-    # A ready-made token comes from the environment only: a command line is
-    # readable by every local user (ps, /proc), and this one unseals the vault.
-    token = os.environ.get("CARDLINK_KEYTOOL_TOKEN")
-    if token:
-        return token
+    if args.token:
+        return str(args.token)
     key = load_private_key_pem(_key_file(args))
     minter = TokenMinter(key, args.kid or jwk_thumbprint(key), args.issuer, args.audience,
                          SystemClock())
@@ -171,8 +175,15 @@ def _tls(args: argparse.Namespace) -> ClientTls | None:
         raise _commands.UsageError(f"{error} (or the --tls-* flags)") from None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Run one command; ``environ`` stands in for the process environment."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(arg == "--token" or arg.startswith("--token=") for arg in argv):
+        # argparse would echo the value back in its error message.
+        print(f"cardlink-keytool: error: --token is not accepted (a command line is "
+              f"readable by every local user); set {TOKEN_ENV}", file=sys.stderr)
+        return _exit.USAGE
+    args = _parser(os.environ if environ is None else environ).parse_args(argv)
     out = Output(json_mode=args.json)
     args.kind_value = KINDS.get(getattr(args, "kind", ""), 0)
     try:

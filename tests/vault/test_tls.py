@@ -16,8 +16,8 @@ from gateway.config import GatewayConfig
 from tests.support.cards import card
 from tests.support.certs import issue, serving, write
 from tests.support.identities import SECURITY_SCOPES
+from tests.support.keytool import with_token
 from tests.support.vault import running_vault
-from tests.vault.test_keytool import with_token
 
 
 async def test_a_vault_with_mutual_tls_serves_only_certified_clients(
