@@ -32,11 +32,13 @@ class ScriptedBank:
 
     reply: pb.DecideCreditResponse = field(default_factory=pb.DecideCreditResponse)
     requests: list[pb.DecideCreditRequest] = field(default_factory=list)
+    metadata: list[dict[str, str | bytes]] = field(default_factory=list)
 
     async def DecideCredit(self, request: pb.DecideCreditRequest,
                            context: grpc.aio.ServicerContext[object, object]
                            ) -> pb.DecideCreditResponse:
         self.requests.append(request)
+        self.metadata.append(dict(context.invocation_metadata() or ()))
         return self.reply
 
 
@@ -73,13 +75,19 @@ async def test_a_well_formed_approval_and_decline_come_through(
     decision = await port.decide_credit("ctk_x", USER, "key-1")
     assert decision.approved and decision.account_id == "acct-1"
     assert decision.limit == Money("EUR", 50_000) and decision.tier == "standard"
-    assert scripted.requests[-1].idempotency_key == "key-1"
+    asked = scripted.requests[-1]
+    assert (asked.card_token, asked.user, asked.idempotency_key) == ("ctk_x", USER, "key-1")
+    assert scripted.metadata[-1]["tenant"] == "acme"  # the card's tenant's credential
 
     scripted.reply = pb.DecideCreditResponse(outcome=pb.DecideCreditResponse.OUTCOME_DECLINED,
                                              decline_reason="LOW_SCORE")
     declined = await port.decide_credit("ctk_x", USER, "key-2")
     assert not declined.approved and declined.decline_reason == "LOW_SCORE"
     assert declined.limit is None
+
+    scripted.reply = pb.DecideCreditResponse(outcome=pb.DecideCreditResponse.OUTCOME_DECLINED)
+    unexplained = await port.decide_credit("ctk_x", USER, "key-3")
+    assert not unexplained.approved and unexplained.decline_reason == "DECLINED"
 
 
 @pytest.mark.parametrize("reply", [
