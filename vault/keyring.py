@@ -34,10 +34,11 @@ import contextlib
 import json
 import os
 import secrets
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
@@ -132,13 +133,27 @@ def parse_entry_field(field: str) -> tuple[str, int] | None:
     return None
 
 
-@contextlib.contextmanager
-def redis_errors(reason: str = STORE_UNAVAILABLE) -> Iterator[None]:
-    """Turn Redis failures into UNAVAILABLE, without leaking internals."""
-    try:
-        yield
-    except RedisError:
-        raise Unavailable(reason, "the vault store is unavailable; retry") from None
+class redis_errors:
+    """Turn Redis failures into UNAVAILABLE, without leaking internals.
+
+    A class, not @contextmanager: it wraps every Redis call of the hot path,
+    and a generator-based one costs four times as much (2.6 against 0.6 µs).
+    Named like the context-manager functions it sits among (``with
+    redis_errors():``, as ``contextlib.suppress``).
+    """
+
+    __slots__ = ("_reason",)
+
+    def __init__(self, reason: str = STORE_UNAVAILABLE) -> None:
+        self._reason = reason
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if kind is not None and issubclass(kind, RedisError):
+            raise Unavailable(self._reason, "the vault store is unavailable; retry") from None
 
 
 # --- root key providers ---------------------------------------------------------
