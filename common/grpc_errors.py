@@ -25,6 +25,7 @@ from grpc_status import rpc_status
 from common import errors
 from common.errors import DOMAIN, CardLinkError, Code, FieldViolation
 from common.server import Behavior, MalformedRequest
+from common.store_errors import redis_errors
 
 __all__ = [
     "ERROR_CLASSES",
@@ -171,6 +172,26 @@ def error_guard(method: str, behavior: Behavior) -> Behavior:
             raise  # the handler aborted on purpose: its status is already set
         except Exception as error:
             await _abort(context, error)
+
+    return unary
+
+
+def store_guard(method: str, behavior: Behavior) -> Behavior:
+    """A guard for a service whose domain lets Redis errors through: they leave
+    the call as UNAVAILABLE ``STORE_UNAVAILABLE`` (retry later), not INTERNAL.
+    Install it inside ``error_guard``."""
+    if inspect.isasyncgenfunction(behavior):
+
+        async def generator(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            with redis_errors():
+                async for response in behavior(request, context):
+                    yield response
+
+        return generator
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        with redis_errors():
+            return await behavior(request, context)
 
     return unary
 

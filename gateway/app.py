@@ -17,7 +17,7 @@ from common.auth import (
     load_private_key_pem,
 )
 from common.clock import Clock, SystemClock
-from common.grpc_errors import error_guard
+from common.grpc_errors import error_guard, store_guard
 from common.redis_client import connect
 from common.server import RunningServer, Service, start_server
 from common.tls import open_channel
@@ -105,7 +105,7 @@ async def start_gateway(config: GatewayConfig, clock: Clock | None = None) -> Ru
     ]
     running = await start_server(
         services, config.listen,
-        guards=[error_guard, AuthGuard(verifier, METHOD_SCOPES)],
+        guards=[error_guard, store_guard, AuthGuard(verifier, METHOD_SCOPES)],
         credentials=config.tls.credentials() if config.tls else None,
     )
     return RunningGateway(running, redis, (vault_channel, bank_channel), bindings, credit,

@@ -38,8 +38,9 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 
 from common.errors import CardLinkError, Unavailable, invalid_field
+from common.store_errors import redis_errors
 from vault.crypto import AuditMacKey
-from vault.keyring import Keyring, redis_errors
+from vault.keyring import Keyring
 
 logger = logging.getLogger("cardlink.vault.audit")
 

@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 
 from common.clock import Clock
 from common.errors import Aborted, FailedPrecondition, invalid_field
+from common.store_errors import redis_errors
 from vault.keyring import (
     FINGERPRINT,
     GENERATION_FIELD,
@@ -42,7 +43,6 @@ from vault.keyring import (
     new_version_entry,
     parse_entry_field,
     read_fields,
-    redis_errors,
 )
 from vault.store import VaultStore
 

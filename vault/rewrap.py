@@ -31,8 +31,9 @@ from google.protobuf.message import DecodeError
 from redis.asyncio import Redis
 
 from common.errors import Aborted
+from common.store_errors import redis_errors
 from vault.crypto import DecryptionFailed
-from vault.keyring import Keyring, KeySnapshot, redis_errors
+from vault.keyring import Keyring, KeySnapshot
 from vault.service import card_from_bytes
 from vault.store import REWRAP_CHANGED, REWRAP_CONFLICT, REWRAP_MOVED, StoredRecord, VaultStore
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from common.errors import Internal
+from common.store_errors import redis_errors
 from vault.crypto import Envelope
-from vault.keyring import redis_errors
 from vault.pan import CardBrand, CardDisplay
 
 STORE_CORRUPT = "STORE_CORRUPT"

@@ -51,6 +51,7 @@ from common.errors import (
     InvalidArgument,
     invalid_field,
 )
+from common.store_errors import redis_errors
 from vault.crypto import (
     CUSTODIAN_KEY_SIZE,
     RootKey,
@@ -64,7 +65,6 @@ from vault.keyring import (
     Keyring,
     parse_entry_field,
     read_fields,
-    redis_errors,
     rewrap_entry,
 )
 

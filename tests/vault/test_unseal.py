@@ -24,12 +24,12 @@ from clients.keytool._custodian import SealedShareFile, open_share
 from common.clock import ManualClock
 from common.errors import Unavailable
 from common.grpc_errors import error_from_rpc
+from common.store_errors import STORE_UNAVAILABLE
 from tests.support.cards import card
 from tests.support.identities import Identities
 from tests.support.vault import VaultHandle, running_vault
 from vault.audit import audit_key
 from vault.config import VaultMode
-from vault.keyring import STORE_UNAVAILABLE
 from vault.unseal import split_root
 
 K, N = 3, 5
