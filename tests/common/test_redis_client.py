@@ -7,13 +7,13 @@ import asyncio
 import uuid
 from typing import Any
 
-import hiredis
 import pytest
 from redis.exceptions import AuthenticationError, BusyLoadingError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from common.redis_client import connect
+from tests.support.scripted_redis import scripted_server
 
 
 async def test_commands_scripts_and_pipelines_round_trip(redis_url: str, key_prefix: str) -> None:
@@ -237,29 +237,13 @@ async def test_closing_the_client_closes_every_connection(redis_url: str) -> Non
         await admin.aclose()
 
 
-async def _scripted_server(reply: bytes) -> tuple[asyncio.Server, int]:
-    """A server that answers every command with ``reply`` (what Redis says
-    while it loads its dataset, or to a wrong password)."""
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        parser = hiredis.Reader()
-        while data := await reader.read(65536):
-            parser.feed(data)
-            while parser.gets() is not False:
-                writer.write(reply)
-        writer.close()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
-
-
 @pytest.mark.parametrize(("reply", "error"), [
     (b"-LOADING Redis is loading the dataset in memory\r\n", BusyLoadingError),
     (b"-NOAUTH Authentication required.\r\n", AuthenticationError),
 ])
 async def test_every_error_reply_is_raised_never_returned(reply: bytes,
                                                           error: type[Exception]) -> None:
-    server, port = await _scripted_server(reply)
+    server, port = await scripted_server(reply)
     client: Any = connect(f"redis://127.0.0.1:{port}/0")
     try:
         with pytest.raises(error):
@@ -272,7 +256,7 @@ async def test_every_error_reply_is_raised_never_returned(reply: bytes,
 
 
 async def test_a_refused_login_fails_the_connection() -> None:
-    server, port = await _scripted_server(b"-WRONGPASS invalid username-password pair\r\n")
+    server, port = await scripted_server(b"-WRONGPASS invalid username-password pair\r\n")
     client: Any = connect(f"redis://:wrong@127.0.0.1:{port}/0")
     try:
         for _ in range(2):  # and again on the next command: no half-open connection stays

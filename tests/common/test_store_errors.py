@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import socket
+from typing import Any
 
 import pytest
 
-from common.errors import Unavailable
+from common.errors import CardLinkError, Internal, Unavailable
 from common.redis_client import connect
-from common.store_errors import STORE_UNAVAILABLE, redis_errors
+from common.store_errors import STORE_ERROR, STORE_UNAVAILABLE, redis_errors
+from tests.support.scripted_redis import scripted_server
 
 
 def closed_port() -> int:
@@ -32,20 +34,58 @@ async def test_an_unreachable_redis_is_unavailable_and_not_an_error_in_the_log(
     assert not caplog.records  # a blip, expected in operation
 
 
-async def test_a_refused_command_is_unavailable_and_logged_for_the_operator(
+@pytest.mark.parametrize(("reply", "answer", "logged"), [
+    # Blips and failovers: retry, nothing for the operator.
+    (b"-LOADING Redis is loading the dataset in memory\r\n", Unavailable, False),
+    (b"-READONLY You can't write against a read only replica.\r\n", Unavailable, False),
+    # Redis refusing this service: retry later, but the operator must act.
+    (b"-NOAUTH Authentication required.\r\n", Unavailable, True),
+    (b"-NOPERM User has no permissions to run the 'evalsha' command\r\n", Unavailable, True),
+    (b"-OOM command not allowed when used memory > 'maxmemory'.\r\n", Unavailable, True),
+    # Bugs: retrying would run the same failing work again.
+    (b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n", Internal,
+     True),
+    (b"-ERR user_script:3: attempt to compare nil with number\r\n", Internal, True),
+], ids=["loading", "readonly", "noauth", "noperm", "oom", "wrongtype", "script-error"])
+async def test_each_kind_of_error_reply_gets_its_answer(
+        reply: bytes, answer: type[CardLinkError], logged: bool,
+        caplog: pytest.LogCaptureFixture) -> None:
+    server, port = await scripted_server(reply)
+    client = connect(f"redis://127.0.0.1:{port}/0")
+    try:
+        with caplog.at_level(logging.WARNING, logger="cardlink.store"), \
+                pytest.raises(answer) as raised, redis_errors():
+            await client.get("some-key")
+    finally:
+        await client.aclose()
+        server.close()
+    assert raised.value.reason == (STORE_UNAVAILABLE if answer is Unavailable else STORE_ERROR)
+    assert "redis" not in raised.value.message.lower()
+    assert [r.levelno for r in caplog.records] == ([logging.ERROR] if logged else [])
+    code = reply[1:].split()[0].decode()
+    assert all(code in r.getMessage() and "some-key" not in r.getMessage()
+               for r in caplog.records)
+
+
+async def hget_in_a_pipeline(client: Any, key: str) -> None:
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.hget(key, "field")
+        await pipe.execute()
+
+
+async def test_a_refused_command_in_a_pipeline_is_logged_without_quoting_it(
         redis_url: str, key_prefix: str, caplog: pytest.LogCaptureFixture) -> None:
     key = f"{key_prefix}:a-string"
     client = connect(redis_url)
     await client.set(key, "x")
     try:
         with caplog.at_level(logging.WARNING, logger="cardlink.store"), \
-                pytest.raises(Unavailable) as raised, redis_errors("AUDIT_UNAVAILABLE"):
-            await client.hget(key, "field")  # WRONGTYPE: a bug, not a blip
+                pytest.raises(Internal), redis_errors():
+            await hget_in_a_pipeline(client, key)  # redis-py quotes the command in its error
     finally:
         await client.aclose()
-    assert raised.value.reason == "AUDIT_UNAVAILABLE"
     assert [r.levelno for r in caplog.records] == [logging.ERROR]
-    assert "WRONGTYPE" in caplog.records[0].getMessage()
+    assert key_prefix not in caplog.records[0].getMessage()
 
 
 async def test_other_exceptions_pass_through() -> None:
