@@ -288,15 +288,18 @@ class BindingService:
     async def _confirm(self, name: ChildName, code: str, code_digest: str,
                        request_id: str) -> Binding:
         stored = await self._require(name)
-        status, key = await self._reserve(name, code_digest, request_id)
+        status, value = await self._reserve(name, code_digest, request_id)
         if status == "NOT_FOUND":
             raise _not_found()
         if status == "EXPIRED":
             await self._expired(name, stored.claim)
         if status == "STATE":
-            return await self._not_pending(name, key)
+            return await self._not_pending(name, value)
         if status == "EXHAUSTED":
             raise ResourceExhausted("TOO_MANY_ATTEMPTS", "no code attempts are left")
+        if status == "MISMATCHED":  # this request's check ended so already
+            raise _code_mismatch(attempts_left=value)
+        key = value  # OK or RESUME: the bank key of the check
         try:
             result = await self._bank.check_code(
                 name.tenant, stored.verification_id, code, key
@@ -349,11 +352,7 @@ class BindingService:
         if status == "STATE":
             return await self._not_pending(name, left)
         if status == "LEFT":
-            raise InvalidArgument(
-                "CODE_MISMATCH", "the one-time code is wrong",
-                metadata={"attempts_left": left},
-                violations=[FieldViolation("code", "wrong code", "CODE_MISMATCH")],
-            )
+            raise _code_mismatch(attempts_left=left)
         await self._release_card(name, stored.claim)
         raise ResourceExhausted(
             "TOO_MANY_ATTEMPTS", "too many wrong codes; the binding failed",
@@ -414,6 +413,14 @@ class BindingService:
         if status == "DONE":  # this call unbound it (not an already-unbound repeat)
             await self._release_card(name, stored.claim)
         return await self._get(name)
+
+
+def _code_mismatch(*, attempts_left: str) -> InvalidArgument:
+    return InvalidArgument(
+        "CODE_MISMATCH", "the one-time code is wrong",
+        metadata={"attempts_left": attempts_left},
+        violations=[FieldViolation("code", "wrong code", "CODE_MISMATCH")],
+    )
 
 
 def _not_found() -> NotFound:

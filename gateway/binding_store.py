@@ -80,6 +80,9 @@ return 0
 # digest): the same code resumes it with its bank key (no new attempt), another
 # code is BUSY until it is settled. A new check counts an attempt on the
 # (user, card) counter ``catt:<tok>`` at once; only a provable no-op refunds it.
+# MISMATCHED: the check under this bank key (so this very request) already
+# ended as a wrong code (``lk``): its request is running again because its
+# answer was never stored, and must not count a second attempt.
 _RESERVE_ATTEMPT = script("""
 local bid = ARGV[3]
 local k = bkey(bid)
@@ -87,6 +90,10 @@ local state = redis.call('HGET', k, 'state')
 if not state then return {'NOT_FOUND', ''} end
 if code_expired(k) then retire(bid, 'FAILED', 'CODE_EXPIRED') return {'EXPIRED', ''} end
 if state ~= 'PENDING_CODE' then return {'STATE', state} end
+if redis.call('HGET', k, 'lk') == ARGV[5] then
+  local left = tonumber(redis.call('HGET', k, 'max')) - tonumber(redis.call('HGET', k, 'att'))
+  return {'MISMATCHED', tostring(math.max(left, 0))}
+end
 local flight = base .. ':bchk:' .. bid
 local pending = redis.call('HGET', k, 'pk')
 if pending then
@@ -147,7 +154,8 @@ redis.call('DEL', base .. ':bchk:' .. bid, base .. ':catt:' .. redis.call('HGET'
 return {'ACTIVE', ''}
 """)
 
-# A wrong code under bank key ARGV[4]: once the attempts are used up the
+# A wrong code under bank key ARGV[4], remembered as ``lk`` (see
+# _RESERVE_ATTEMPT): once the attempts are used up the
 # binding fails and the user+card pair is locked out until ARGV[5] (clock
 # seconds) for ARGV[6] ms. STATE when the binding left PENDING_CODE meanwhile
 # (e.g. the right code won a race): nothing changes then.
@@ -162,6 +170,7 @@ if redis.call('HGET', k, 'pk') ~= ARGV[4] then
   return {'LEFT', tostring(math.max(left, 0))}
 end
 redis.call('HDEL', k, 'pk', 'ph')
+redis.call('HSET', k, 'lk', ARGV[4])
 redis.call('DEL', base .. ':bchk:' .. bid)
 if left > 0 then return {'LEFT', tostring(left)} end
 local tok = redis.call('HGET', k, 'tok')

@@ -126,3 +126,28 @@ def test_fingerprint_secret_is_required_and_lease_is_derived(tmp_path: Path) -> 
     secret = GatewayConfig.from_env({"REDIS_URL": "redis://x",
                                      "CARDLINK_GATEWAY_FINGERPRINT_SECRET": "s" * 32})
     assert secret.code_fingerprint_key() == b"s" * 32
+
+
+async def test_a_wrong_code_whose_answer_was_lost_costs_one_attempt_only(stack: Stack) -> None:
+    """When a wrong code's answer is never stored (Redis failed as the call
+    ended), its claim runs out and the retry runs the same request again: it
+    gets the same answer and does not use up a second attempt."""
+    sdk = await stack.sdk()
+    binding = await sdk.create_binding("u-1", ALICE, default_consent())
+    code = await stack.code_for(ALICE)
+    request_id = str(uuid.uuid4())
+    first = await refused(sdk.confirm_binding(binding.name, _wrong(code), request_id=request_id))
+    assert isinstance(first, InvalidArgument) and first.metadata["attempts_left"] == "2"
+    # As if the answer had never been stored and the claim's lease had run out.
+    tenant = binding.name.split("/")[1]
+    await stack.redis.delete(stack.gateway.keyspace.idempotency(tenant, "ConfirmBinding",
+                                                                request_id))
+    again = await refused(sdk.confirm_binding(binding.name, _wrong(code), request_id=request_id))
+    assert isinstance(again, InvalidArgument) and again.reason == "CODE_MISMATCH"
+    assert again.metadata["attempts_left"] == "2"
+    assert (await sdk.get_binding(binding.name)).code_attempts_left == 2
+    assert (await stack.stats()).code_checks == 1  # the bank was not asked again
+    # Another request is a new attempt, and the right code still works.
+    wrong = await refused(sdk.confirm_binding(binding.name, _wrong(code)))
+    assert isinstance(wrong, InvalidArgument) and wrong.metadata["attempts_left"] == "1"
+    assert (await sdk.confirm_binding(binding.name, code)).state == Binding.STATE_ACTIVE
