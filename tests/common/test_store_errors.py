@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from common.errors import CardLinkError, Internal, Unavailable
+from common.grpc_errors import store_guard
 from common.redis_client import connect
 from common.store_errors import STORE_ERROR, STORE_UNAVAILABLE, redis_errors
 from tests.support.scripted_redis import scripted_server
@@ -91,3 +95,26 @@ async def test_a_refused_command_in_a_pipeline_is_logged_without_quoting_it(
 async def test_other_exceptions_pass_through() -> None:
     with pytest.raises(KeyError), redis_errors():
         raise KeyError("not Redis's")
+
+
+async def test_the_guard_translates_for_unary_and_streaming_methods() -> None:
+    async def unary(request: Any, context: Any) -> Any:
+        raise RedisConnectionError("gone")
+
+    async def stream(request: Any, context: Any) -> AsyncIterator[int]:
+        yield 1
+        raise RedisConnectionError("gone")
+
+    with pytest.raises(Unavailable):
+        await store_guard("/x.Y/Unary", unary)(None, None)
+    guarded = store_guard("/x.Y/Stream", stream)
+    assert inspect.isasyncgenfunction(guarded)  # grpc.aio serves it as a stream
+    received: list[int] = []
+
+    async def drain() -> None:
+        async for item in guarded(None, None):
+            received.append(item)
+
+    with pytest.raises(Unavailable):
+        await drain()
+    assert received == [1]
