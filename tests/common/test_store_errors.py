@@ -105,14 +105,15 @@ async def test_the_guard_translates_for_unary_and_streaming_methods() -> None:
         yield 1
         raise RedisConnectionError("gone")
 
+    context: Any = None  # neither guard nor method looks at it
     with pytest.raises(Unavailable):
-        await store_guard("/x.Y/Unary", unary)(None, None)
+        await store_guard("/x.Y/Unary", unary)(None, context)
     guarded = store_guard("/x.Y/Stream", stream)
     assert inspect.isasyncgenfunction(guarded)  # grpc.aio serves it as a stream
     received: list[int] = []
 
     async def drain() -> None:
-        async for item in guarded(None, None):
+        async for item in guarded(None, context):
             received.append(item)
 
     with pytest.raises(Unavailable):
