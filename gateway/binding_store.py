@@ -4,8 +4,9 @@ A binding is a hash under the user's slot (fields: name, state, tok (vault
 token), tokn (token resource name), disp and cons (JSON), fail, vid (bank
 verification id), cexp (code expiry), att (code attempts used, a copy of
 the user+card counter), max (allowed), pk / ph (the bank key and code HMAC of
-the one code check in flight or of unknown outcome), claim, seq, ctime,
-mtime). ``bcard:<token>`` points at the user's one live binding of a card,
+the one code check in flight or of unknown outcome), mk:<bank key> (one per
+check that ended as a wrong code), claim, seq, ctime, mtime).
+``bcard:<token>`` points at the user's one live binding of a card,
 ``blive`` holds the live ids (the per-user limit), ``bidx`` orders bindings
 for listing, ``lock:<token>`` holds a lockout end, ``catt:<token>`` counts
 code attempts per (user, card) for a lockout's length (unbinding does not
@@ -81,8 +82,8 @@ return 0
 # code is BUSY until it is settled. A new check counts an attempt on the
 # (user, card) counter ``catt:<tok>`` at once; only a provable no-op refunds it.
 # MISMATCHED: the check under this bank key (so this very request) already
-# ended as a wrong code (``lk``): its request is running again because its
-# answer was never stored, and must not count a second attempt.
+# ended as a wrong code (``mk:<key>``): its request is running again because
+# its answer was never stored, and must not count a second attempt.
 _RESERVE_ATTEMPT = script("""
 local bid = ARGV[3]
 local k = bkey(bid)
@@ -90,7 +91,7 @@ local state = redis.call('HGET', k, 'state')
 if not state then return {'NOT_FOUND', ''} end
 if code_expired(k) then retire(bid, 'FAILED', 'CODE_EXPIRED') return {'EXPIRED', ''} end
 if state ~= 'PENDING_CODE' then return {'STATE', state} end
-if redis.call('HGET', k, 'lk') == ARGV[5] then
+if redis.call('HEXISTS', k, 'mk:' .. ARGV[5]) == 1 then
   local left = tonumber(redis.call('HGET', k, 'max')) - tonumber(redis.call('HGET', k, 'att'))
   return {'MISMATCHED', tostring(math.max(left, 0))}
 end
@@ -154,7 +155,7 @@ redis.call('DEL', base .. ':bchk:' .. bid, base .. ':catt:' .. redis.call('HGET'
 return {'ACTIVE', ''}
 """)
 
-# A wrong code under bank key ARGV[4], remembered as ``lk`` (see
+# A wrong code under bank key ARGV[4], remembered as ``mk:<key>`` (see
 # _RESERVE_ATTEMPT): once the attempts are used up the
 # binding fails and the user+card pair is locked out until ARGV[5] (clock
 # seconds) for ARGV[6] ms. STATE when the binding left PENDING_CODE meanwhile
@@ -170,7 +171,7 @@ if redis.call('HGET', k, 'pk') ~= ARGV[4] then
   return {'LEFT', tostring(math.max(left, 0))}
 end
 redis.call('HDEL', k, 'pk', 'ph')
-redis.call('HSET', k, 'lk', ARGV[4])
+redis.call('HSET', k, 'mk:' .. ARGV[4], 1)
 redis.call('DEL', base .. ':bchk:' .. bid)
 if left > 0 then return {'LEFT', tostring(left)} end
 local tok = redis.call('HGET', k, 'tok')
@@ -366,7 +367,9 @@ class BindingStore:
         counter_ms: int, in_flight_ms: int,
     ) -> tuple[str, str]:
         """OK/RESUME with the bank key to use; BUSY ("1" while in flight) for another
-        code's pending check; NOT_FOUND, EXPIRED, STATE (with the state), EXHAUSTED."""
+        code's pending check; MISMATCHED (with the attempts left) when the check
+        under ``new_key`` already ended as a wrong code; NOT_FOUND, EXPIRED, STATE
+        (with the state), EXHAUSTED."""
         return _pair(await self._user_script(
             "reserve", name.parent, name.id, now, code_digest, new_key, counter_ms,
             in_flight_ms,

@@ -131,23 +131,26 @@ def test_fingerprint_secret_is_required_and_lease_is_derived(tmp_path: Path) -> 
 async def test_a_wrong_code_whose_answer_was_lost_costs_one_attempt_only(stack: Stack) -> None:
     """When a wrong code's answer is never stored (Redis failed as the call
     ended), its claim runs out and the retry runs the same request again: it
-    gets the same answer and does not use up a second attempt."""
+    answers CODE_MISMATCH again and uses up no second attempt, even after
+    later wrong codes."""
     sdk = await stack.sdk()
     binding = await sdk.create_binding("u-1", ALICE, default_consent())
     code = await stack.code_for(ALICE)
-    request_id = str(uuid.uuid4())
-    first = await refused(sdk.confirm_binding(binding.name, _wrong(code), request_id=request_id))
+    first_id = str(uuid.uuid4())
+    first = await refused(sdk.confirm_binding(binding.name, _wrong(code, 1),
+                                              request_id=first_id))
     assert isinstance(first, InvalidArgument) and first.metadata["attempts_left"] == "2"
-    # As if the answer had never been stored and the claim's lease had run out.
+    second = await refused(sdk.confirm_binding(binding.name, _wrong(code, 2)))
+    assert isinstance(second, InvalidArgument) and second.metadata["attempts_left"] == "1"
+    # As if the first answer had never been stored and its claim's lease had run out.
     tenant = binding.name.split("/")[1]
     await stack.redis.delete(stack.gateway.keyspace.idempotency(tenant, "ConfirmBinding",
-                                                                request_id))
-    again = await refused(sdk.confirm_binding(binding.name, _wrong(code), request_id=request_id))
+                                                                first_id))
+    again = await refused(sdk.confirm_binding(binding.name, _wrong(code, 1),
+                                              request_id=first_id))
     assert isinstance(again, InvalidArgument) and again.reason == "CODE_MISMATCH"
-    assert again.metadata["attempts_left"] == "2"
-    assert (await sdk.get_binding(binding.name)).code_attempts_left == 2
-    assert (await stack.stats()).code_checks == 1  # the bank was not asked again
-    # Another request is a new attempt, and the right code still works.
-    wrong = await refused(sdk.confirm_binding(binding.name, _wrong(code)))
-    assert isinstance(wrong, InvalidArgument) and wrong.metadata["attempts_left"] == "1"
+    assert again.metadata["attempts_left"] == "1"
+    pending = await sdk.get_binding(binding.name)
+    assert pending.state == Binding.STATE_PENDING_CODE and pending.code_attempts_left == 1
+    assert (await stack.stats()).code_checks == 2  # the bank was not asked again
     assert (await sdk.confirm_binding(binding.name, code)).state == Binding.STATE_ACTIVE
