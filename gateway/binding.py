@@ -299,6 +299,8 @@ class BindingService:
             raise ResourceExhausted("TOO_MANY_ATTEMPTS", "no code attempts are left")
         if status == "MISMATCHED":  # this request's check ended so already
             raise _code_mismatch(attempts_left=value)
+        if status == "LOCKED":  # as MISMATCHED, on the last attempt
+            await self._locked_out(name, stored.claim)
         key = value  # OK or RESUME: the bank key of the check
         try:
             result = await self._bank.check_code(
@@ -353,10 +355,15 @@ class BindingService:
             return await self._not_pending(name, left)
         if status == "LEFT":
             raise _code_mismatch(attempts_left=left)
-        await self._release_card(name, stored.claim)
+        await self._locked_out(name, stored.claim)
+
+    async def _locked_out(self, name: ChildName, claim: str) -> NoReturn:
+        # The last wrong code failed the binding; releasing its card is safe
+        # to repeat (a rerun of the same request does it again).
+        await self._release_card(name, claim)
         raise ResourceExhausted(
             "TOO_MANY_ATTEMPTS", "too many wrong codes; the binding failed",
-            metadata={"retry_after_s": str(lockout)},
+            metadata={"retry_after_s": str(self._thresholds.for_tenant(name.tenant).lockout_s)},
         )
 
     # --- reads and unbind ------------------------------------------------

@@ -83,15 +83,21 @@ return 0
 # (user, card) counter ``catt:<tok>`` at once; only a provable no-op refunds it.
 # MISMATCHED: the check under this bank key (so this very request) already
 # ended as a wrong code (``mk:<key>``): its request is running again because
-# its answer was never stored, and must not count a second attempt.
+# its answer was never stored, and must not count a second attempt. LOCKED:
+# that wrong code was the last attempt, and failed the binding.
 _RESERVE_ATTEMPT = script("""
 local bid = ARGV[3]
 local k = bkey(bid)
 local state = redis.call('HGET', k, 'state')
 if not state then return {'NOT_FOUND', ''} end
 if code_expired(k) then retire(bid, 'FAILED', 'CODE_EXPIRED') return {'EXPIRED', ''} end
+local mismatched = redis.call('HEXISTS', k, 'mk:' .. ARGV[5]) == 1
+if mismatched and state == 'FAILED'
+    and redis.call('HGET', k, 'fail') == 'TOO_MANY_ATTEMPTS' then
+  return {'LOCKED', ''}
+end
 if state ~= 'PENDING_CODE' then return {'STATE', state} end
-if redis.call('HEXISTS', k, 'mk:' .. ARGV[5]) == 1 then
+if mismatched then
   local left = tonumber(redis.call('HGET', k, 'max')) - tonumber(redis.call('HGET', k, 'att'))
   return {'MISMATCHED', tostring(math.max(left, 0))}
 end
@@ -368,8 +374,8 @@ class BindingStore:
     ) -> tuple[str, str]:
         """OK/RESUME with the bank key to use; BUSY ("1" while in flight) for another
         code's pending check; MISMATCHED (with the attempts left) when the check
-        under ``new_key`` already ended as a wrong code; NOT_FOUND, EXPIRED, STATE
-        (with the state), EXHAUSTED."""
+        under ``new_key`` already ended as a wrong code, LOCKED when that was the
+        last attempt; NOT_FOUND, EXPIRED, STATE (with the state), EXHAUSTED."""
         return _pair(await self._user_script(
             "reserve", name.parent, name.id, now, code_digest, new_key, counter_ms,
             in_flight_ms,

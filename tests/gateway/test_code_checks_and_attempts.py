@@ -154,3 +154,28 @@ async def test_a_wrong_code_whose_answer_was_lost_costs_one_attempt_only(stack: 
     assert pending.state == Binding.STATE_PENDING_CODE and pending.code_attempts_left == 1
     assert (await stack.stats()).code_checks == 2  # the bank was not asked again
     assert (await sdk.confirm_binding(binding.name, code)).state == Binding.STATE_ACTIVE
+
+
+async def test_the_last_wrong_code_run_again_answers_as_it_did(stack: Stack) -> None:
+    """The rerun of the wrong code that used up the last attempt answers
+    TOO_MANY_ATTEMPTS again (not "the binding awaits no code"), asks the
+    bank nothing and locks nothing twice."""
+    sdk = await stack.sdk()
+    binding = await sdk.create_binding("u-1", ALICE, default_consent())
+    code = await stack.code_for(ALICE)
+    for n in (1, 2):
+        await refused(sdk.confirm_binding(binding.name, _wrong(code, n)))
+    last_id = str(uuid.uuid4())
+    last = await refused(sdk.confirm_binding(binding.name, _wrong(code, 3),
+                                             request_id=last_id))
+    assert isinstance(last, ResourceExhausted) and last.reason == "TOO_MANY_ATTEMPTS"
+    tenant = binding.name.split("/")[1]
+    await stack.redis.delete(stack.gateway.keyspace.idempotency(tenant, "ConfirmBinding",
+                                                                last_id))
+    again = await refused(sdk.confirm_binding(binding.name, _wrong(code, 3),
+                                              request_id=last_id))
+    assert isinstance(again, ResourceExhausted) and again.reason == "TOO_MANY_ATTEMPTS"
+    assert again.metadata == last.metadata
+    assert (await stack.stats()).code_checks == 3
+    failed = await sdk.get_binding(binding.name)
+    assert failed.state == Binding.STATE_FAILED and failed.failure_reason == "TOO_MANY_ATTEMPTS"
