@@ -24,17 +24,26 @@ def closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def test_an_unreachable_redis_is_unavailable_and_not_an_error_in_the_log(
-        caplog: pytest.LogCaptureFixture) -> None:
-    client = connect(f"redis://127.0.0.1:{closed_port()}/0?socket_connect_timeout=1")
+async def failed_get(url: str, answer: type[CardLinkError],
+                     caplog: pytest.LogCaptureFixture) -> CardLinkError:
+    """What a GET of "some-key" on ``url`` raised inside ``redis_errors``
+    (it must be ``answer``), with the store's log captured."""
+    client = connect(url)
     try:
         with caplog.at_level(logging.WARNING, logger="cardlink.store"), \
-                pytest.raises(Unavailable) as raised, redis_errors():
-            await client.get("anything")
+                pytest.raises(answer) as raised, redis_errors():
+            await client.get("some-key")
     finally:
         await client.aclose()
-    assert raised.value.reason == STORE_UNAVAILABLE
-    assert "retry" in raised.value.message and "redis" not in raised.value.message.lower()
+    return raised.value
+
+
+async def test_an_unreachable_redis_is_unavailable_and_not_an_error_in_the_log(
+        caplog: pytest.LogCaptureFixture) -> None:
+    raised = await failed_get(f"redis://127.0.0.1:{closed_port()}/0?socket_connect_timeout=1",
+                              Unavailable, caplog)
+    assert raised.reason == STORE_UNAVAILABLE
+    assert "retry" in raised.message and "redis" not in raised.message.lower()
     assert not caplog.records  # a blip, expected in operation
 
 
@@ -55,16 +64,12 @@ async def test_each_kind_of_error_reply_gets_its_answer(
         reply: bytes, answer: type[CardLinkError], logged: bool,
         caplog: pytest.LogCaptureFixture) -> None:
     server, port = await scripted_server(reply)
-    client = connect(f"redis://127.0.0.1:{port}/0")
     try:
-        with caplog.at_level(logging.WARNING, logger="cardlink.store"), \
-                pytest.raises(answer) as raised, redis_errors():
-            await client.get("some-key")
+        raised = await failed_get(f"redis://127.0.0.1:{port}/0", answer, caplog)
     finally:
-        await client.aclose()
         server.close()
-    assert raised.value.reason == (STORE_UNAVAILABLE if answer is Unavailable else STORE_ERROR)
-    assert "redis" not in raised.value.message.lower()
+    assert raised.reason == (STORE_UNAVAILABLE if answer is Unavailable else STORE_ERROR)
+    assert "redis" not in raised.message.lower()
     assert [r.levelno for r in caplog.records] == ([logging.ERROR] if logged else [])
     code = reply[1:].split()[0].decode()
     assert all(code in r.getMessage() and "some-key" not in r.getMessage()

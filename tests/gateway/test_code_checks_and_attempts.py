@@ -128,6 +128,14 @@ def test_fingerprint_secret_is_required_and_lease_is_derived(tmp_path: Path) -> 
     assert secret.code_fingerprint_key() == b"s" * 32
 
 
+async def lose_answer(stack: Stack, binding_name: str, request_id: str) -> None:
+    """As if a ConfirmBinding's answer had never been stored (Redis failed as
+    the call ended) and its claim's lease had run out."""
+    tenant = binding_name.split("/")[1]
+    await stack.redis.delete(stack.gateway.keyspace.idempotency(tenant, "ConfirmBinding",
+                                                                request_id))
+
+
 async def test_a_wrong_code_whose_answer_was_lost_costs_one_attempt_only(stack: Stack) -> None:
     """When a wrong code's answer is never stored (Redis failed as the call
     ended), its claim runs out and the retry runs the same request again: it
@@ -142,10 +150,7 @@ async def test_a_wrong_code_whose_answer_was_lost_costs_one_attempt_only(stack: 
     assert isinstance(first, InvalidArgument) and first.metadata["attempts_left"] == "2"
     second = await refused(sdk.confirm_binding(binding.name, _wrong(code, 2)))
     assert isinstance(second, InvalidArgument) and second.metadata["attempts_left"] == "1"
-    # As if the first answer had never been stored and its claim's lease had run out.
-    tenant = binding.name.split("/")[1]
-    await stack.redis.delete(stack.gateway.keyspace.idempotency(tenant, "ConfirmBinding",
-                                                                first_id))
+    await lose_answer(stack, binding.name, first_id)
     again = await refused(sdk.confirm_binding(binding.name, _wrong(code, 1),
                                               request_id=first_id))
     assert isinstance(again, InvalidArgument) and again.reason == "CODE_MISMATCH"
@@ -169,9 +174,7 @@ async def test_the_last_wrong_code_run_again_answers_as_it_did(stack: Stack) -> 
     last = await refused(sdk.confirm_binding(binding.name, _wrong(code, 3),
                                              request_id=last_id))
     assert isinstance(last, ResourceExhausted) and last.reason == "TOO_MANY_ATTEMPTS"
-    tenant = binding.name.split("/")[1]
-    await stack.redis.delete(stack.gateway.keyspace.idempotency(tenant, "ConfirmBinding",
-                                                                last_id))
+    await lose_answer(stack, binding.name, last_id)
     again = await refused(sdk.confirm_binding(binding.name, _wrong(code, 3),
                                               request_id=last_id))
     assert isinstance(again, ResourceExhausted) and again.reason == "TOO_MANY_ATTEMPTS"
