@@ -97,10 +97,7 @@ if mismatched and state == 'FAILED'
   return {'LOCKED', ''}
 end
 if state ~= 'PENDING_CODE' then return {'STATE', state} end
-if mismatched then
-  local left = tonumber(redis.call('HGET', k, 'max')) - tonumber(redis.call('HGET', k, 'att'))
-  return {'MISMATCHED', tostring(math.max(left, 0))}
-end
+if mismatched then return {'MISMATCHED', tostring(attempts_left(k))} end
 local flight = base .. ':bchk:' .. bid
 local pending = redis.call('HGET', k, 'pk')
 if pending then
@@ -171,10 +168,10 @@ local bid = ARGV[3]
 local k = bkey(bid)
 local state = redis.call('HGET', k, 'state')
 if state ~= 'PENDING_CODE' then return {'STATE', state or ''} end
-local left = tonumber(redis.call('HGET', k, 'max')) - tonumber(redis.call('HGET', k, 'att'))
+local left = attempts_left(k)
 if redis.call('HGET', k, 'pk') ~= ARGV[4] then
   -- A concurrent resume of the same check settled it already.
-  return {'LEFT', tostring(math.max(left, 0))}
+  return {'LEFT', tostring(left)}
 end
 redis.call('HDEL', k, 'pk', 'ph')
 redis.call('HSET', k, 'mk:' .. ARGV[4], 1)

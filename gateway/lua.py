@@ -11,7 +11,8 @@ from __future__ import annotations
 # retire: a binding leaves the live states (pending or active) for good (and
 # drops any code check in flight: ``pk``/``ph`` and the ``bchk`` marker).
 # sweep: pending-code bindings whose code expired become FAILED, so they stop
-# counting against the per-user limit and holding the card.
+# counting against the per-user limit and holding the card. attempts_left: a
+# binding's code attempts not yet used (never below 0).
 PRELUDE = """
 local base = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -26,6 +27,10 @@ local function retire(bid, state, reason)
   redis.call('SREM', base .. ':blive', bid)
   local ptr = base .. ':bcard:' .. tok
   if redis.call('GET', ptr) == bid then redis.call('DEL', ptr) end
+end
+local function attempts_left(k)
+  local left = tonumber(redis.call('HGET', k, 'max')) - tonumber(redis.call('HGET', k, 'att'))
+  return math.max(left, 0)
 end
 local function code_expired(k)
   return redis.call('HGET', k, 'state') == 'PENDING_CODE'
