@@ -320,7 +320,10 @@ class BindingService:
         return await self._settle_code(name, stored, result, key)
 
     async def _expired(self, name: ChildName, claim: str) -> NoReturn:
-        # A store script just retired the binding: this call made the transition.
+        # The code expired, now or before this call (a rerun, or an expiry a
+        # sweep found first, which released nothing): releasing the card is
+        # safe to repeat, and frees it now rather than once a takeover finds
+        # the claim stale.
         await self._release_card(name, claim)
         raise FailedPrecondition("CODE_EXPIRED", "the one-time code has expired")
 

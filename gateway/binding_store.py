@@ -81,6 +81,8 @@ return 0
 # digest): the same code resumes it with its bank key (no new attempt), another
 # code is BUSY until it is settled. A new check counts an attempt on the
 # (user, card) counter ``catt:<tok>`` at once; only a provable no-op refunds it.
+# EXPIRED: the code expired, now or earlier (a rerun whose answer was lost,
+# or an expiry another script found first): every later code hears so too.
 # MISMATCHED: the check under this bank key (so this very request) already
 # ended as a wrong code (``mk:<key>``): its request is running again because
 # its answer was never stored, and must not count a second attempt. LOCKED:
@@ -91,6 +93,9 @@ local k = bkey(bid)
 local state = redis.call('HGET', k, 'state')
 if not state then return {'NOT_FOUND', ''} end
 if code_expired(k) then retire(bid, 'FAILED', 'CODE_EXPIRED') return {'EXPIRED', ''} end
+if state == 'FAILED' and redis.call('HGET', k, 'fail') == 'CODE_EXPIRED' then
+  return {'EXPIRED', ''}
+end
 local mismatched = redis.call('HEXISTS', k, 'mk:' .. ARGV[5]) == 1
 if mismatched and state == 'FAILED'
     and redis.call('HGET', k, 'fail') == 'TOO_MANY_ATTEMPTS' then

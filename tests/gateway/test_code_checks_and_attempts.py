@@ -17,7 +17,7 @@ from common.config import ConfigError
 from gateway.config import GatewayConfig
 from gateway.connectors import CallPolicy
 from gateway.idempotency import fingerprint
-from tests.gateway.conftest import ALICE, Stack, default_consent, refused
+from tests.gateway.conftest import ALICE, ERIN, Stack, default_consent, refused
 
 Binding = resources_pb2.Binding
 
@@ -182,3 +182,36 @@ async def test_the_last_wrong_code_run_again_answers_as_it_did(stack: Stack) -> 
     assert (await stack.stats()).code_checks == 3
     failed = await sdk.get_binding(binding.name)
     assert failed.state == Binding.STATE_FAILED and failed.failure_reason == "TOO_MANY_ATTEMPTS"
+
+
+async def test_a_code_that_expired_answers_code_expired_every_time(stack: Stack) -> None:
+    """Once the code has expired, ConfirmBinding answers CODE_EXPIRED: the
+    call that found it, that call's rerun (its answer lost), and a later code
+    after another script had already retired the binding; none asks the bank."""
+    sdk = await stack.sdk()
+    binding = await sdk.create_binding("u-1", ALICE, default_consent())
+    code = await stack.code_for(ALICE)
+    stack.clock.advance(301)  # the default code lifetime is 300 s
+    first_id = str(uuid.uuid4())
+    first = await refused(sdk.confirm_binding(binding.name, code, request_id=first_id))
+    assert isinstance(first, FailedPrecondition) and first.reason == "CODE_EXPIRED"
+    await lose_answer(stack, binding.name, first_id)
+    again = await refused(sdk.confirm_binding(binding.name, code, request_id=first_id))
+    assert isinstance(again, FailedPrecondition) and again.reason == "CODE_EXPIRED"
+    later = await refused(sdk.confirm_binding(binding.name, _wrong(code, 1)))
+    assert isinstance(later, FailedPrecondition) and later.reason == "CODE_EXPIRED"
+    assert (await stack.stats()).code_checks == 0
+    failed = await sdk.get_binding(binding.name)
+    assert failed.state == Binding.STATE_FAILED and failed.failure_reason == "CODE_EXPIRED"
+
+
+async def test_an_expiry_found_by_a_sweep_answers_code_expired(stack: Stack) -> None:
+    """A binding whose expiry another call found first (the per-user sweep)
+    still answers CODE_EXPIRED, not "awaits no code"."""
+    sdk = await stack.sdk()
+    binding = await sdk.create_binding("u-1", ALICE, default_consent())
+    code = await stack.code_for(ALICE)
+    stack.clock.advance(301)
+    await sdk.create_binding("u-1", ERIN, default_consent())  # sweeps u-1's bindings
+    swept = await refused(sdk.confirm_binding(binding.name, code))
+    assert isinstance(swept, FailedPrecondition) and swept.reason == "CODE_EXPIRED"
