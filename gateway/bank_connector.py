@@ -8,6 +8,7 @@ leaves its record retryable and the next try reuses the key.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -17,13 +18,25 @@ from cardlink.bank.v1 import bank_core_pb2 as pb
 from cardlink.bank.v1 import bank_core_pb2_grpc
 from common.errors import Internal, InvalidArgument
 from gateway.connectors import CallPolicy, call_with_policy
-from gateway.models import Money
+from gateway.models import Money, is_stable_reason
 from gateway.ports import CodeResult, CreditDecision, Verification
 
 Metadata = tuple[tuple[str, str], ...]
 REASON = "BANK_UNAVAILABLE"
+logger = logging.getLogger("cardlink.gateway.bank")
 
 R = TypeVar("R")
+
+
+def _decline_reason(reason: str) -> str:
+    """The bank's decline reason if it is the stable code the contract asks
+    for; DECLINED otherwise (free text is stored and shown to the partner,
+    and could carry a PAN). The decision itself stands."""
+    if is_stable_reason(reason):
+        return reason
+    if reason:
+        logger.warning("the bank's decline reason is no stable code; recorded as DECLINED")
+    return "DECLINED"
 
 
 def tenant_of(resource_name: str) -> str:
@@ -44,9 +57,12 @@ class GrpcBank:
     async def _call(self, tenant: str, rpc: Callable[..., Awaitable[R]], request: Any) -> R:
         """One bank call as the tenant's gateway identity, under the call policy."""
         metadata = self._credentials(tenant)
+        # A bank refusal is no verdict on the partner's request (it sent none
+        # of this one): an error of ours or the bank's, retried under the key.
         return await call_with_policy(
             "bank", REASON, self._policy,
             lambda timeout: rpc(request, timeout=timeout, metadata=metadata),
+            pass_refusals=False,
         )
 
     async def verify_holder(self, card_token: str, user: str, key: str) -> Verification:
@@ -55,7 +71,7 @@ class GrpcBank:
         if reply.outcome == pb.VerifyHolderResponse.OUTCOME_CODE_SENT:
             return Verification(True, reply.verification_id, "")
         if reply.outcome == pb.VerifyHolderResponse.OUTCOME_DECLINED:
-            return Verification(False, "", reply.decline_reason or "DECLINED")
+            return Verification(False, "", _decline_reason(reply.decline_reason))
         raise Internal("BANK_PROTOCOL", "the bank answered VerifyHolder without an outcome")
 
     async def check_code(
@@ -86,5 +102,5 @@ class GrpcBank:
                                "and account")
             return CreditDecision(True, reply.account_id, limit, reply.tier, "")
         if reply.outcome == pb.DecideCreditResponse.OUTCOME_DECLINED:
-            return CreditDecision(False, "", None, "", reply.decline_reason or "DECLINED")
+            return CreditDecision(False, "", None, "", _decline_reason(reply.decline_reason))
         raise Internal("BANK_PROTOCOL", "the bank answered DecideCredit without an outcome")

@@ -7,8 +7,18 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from common.errors import invalid_field
+from common.logging import redact
 
 _CURRENCY_RE = re.compile(r"[A-Z]{3}")
+_STABLE_REASON_RE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+
+
+def is_stable_reason(text: str) -> bool:
+    """A reason code as the bank contract spells it: 1-64 of A-Z, 0-9 and _,
+    starting with a letter, with no card-number-like digit run. Reasons are
+    stored, logged and shown to partners, so free text (which could carry a
+    PAN) never passes."""
+    return _STABLE_REASON_RE.fullmatch(text) is not None and redact(text) == text
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ a credit limit.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection
 from typing import Any
 
@@ -33,6 +32,7 @@ from gateway.convert import (
     money_from_proto,
 )
 from gateway.credit import CreditService
+from gateway.models import is_stable_reason
 from gateway.names import (
     ChildName,
     UserName,
@@ -59,14 +59,10 @@ METHOD_SCOPES: dict[str, str | None] = {
 }
 
 
-_BANK_REASON = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
-
-
 def _bank_reason(reason: str) -> str:
-    # A stable code, never free text: it is logged, and free text could carry a PAN.
-    if _BANK_REASON.fullmatch(reason) is None:
+    if not is_stable_reason(reason):
         raise invalid_field("reason", "1 to 64 characters of A-Z, 0-9 and _, starting "
-                            "with a letter", "REASON_INVALID")
+                            "with a letter, and no card number", "REASON_INVALID")
     return reason
 
 

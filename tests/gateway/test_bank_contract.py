@@ -5,7 +5,10 @@ with exactly the reply a test gives it, so each breach is tried on its own:
 an approval must carry a positive limit in a valid currency and an account,
 or it is the bank's error (INTERNAL BANK_PROTOCOL, no field violations: the
 caller sent nothing wrong), never a credit line nor the caller's
-INVALID_ARGUMENT.
+INVALID_ARGUMENT. A refusal (any error status) is no verdict on the
+partner's request either: UNAVAILABLE BANK_UNAVAILABLE, retried under the
+same key, with none of the bank's text. A decline reason that is not a
+stable code reads DECLINED.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ import grpc
 import pytest
 
 from cardlink.bank.v1 import bank_core_pb2 as pb
-from common.errors import Internal
+from common.errors import Internal, Unavailable
 from gateway.bank_connector import GrpcBank
 from gateway.connectors import CallPolicy
 from gateway.models import Money
 
 USER = "tenants/acme/users/u-1"
+PAN = "4111111111111111"
 
 
 @dataclass
@@ -31,6 +35,7 @@ class ScriptedBank:
     (No other method: the port is asked for a decision only.)"""
 
     reply: pb.DecideCreditResponse = field(default_factory=pb.DecideCreditResponse)
+    refusal: grpc.StatusCode | None = None  # answer with this status instead
     requests: list[pb.DecideCreditRequest] = field(default_factory=list)
     metadata: list[dict[str, str | bytes]] = field(default_factory=list)
 
@@ -39,6 +44,8 @@ class ScriptedBank:
                            ) -> pb.DecideCreditResponse:
         self.requests.append(request)
         self.metadata.append(dict(context.invocation_metadata() or ()))
+        if self.refusal is not None:
+            await context.abort(self.refusal, f"card {PAN} is restricted")
         return self.reply
 
 
@@ -109,3 +116,47 @@ async def test_an_approval_in_breach_of_the_contract_is_the_bank_s_error(
         await port.decide_credit("ctk_x", USER, "key-1")
     assert raised.value.reason == "BANK_PROTOCOL"
     assert not raised.value.violations
+
+
+@pytest.mark.parametrize("status", [
+    grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.OUT_OF_RANGE,
+], ids=lambda status: status.name)
+async def test_a_bank_refusal_is_bank_unavailable_without_the_bank_s_text(
+        bank: tuple[ScriptedBank, GrpcBank], status: grpc.StatusCode) -> None:
+    """Passed through, it read as the partner's own error (with the bank's
+    message, here a PAN), was stored as the request's final answer, and left
+    the line APPLIED for good under that request id."""
+    scripted, port = bank
+    scripted.refusal = status
+    with pytest.raises(Unavailable) as raised:
+        await port.decide_credit("ctk_x", USER, "key-1")
+    assert raised.value.reason == "BANK_UNAVAILABLE"
+    assert raised.value.metadata == {"cause": "error", "status": status.name}
+    assert PAN not in str(raised.value) and "restricted" not in raised.value.message
+
+
+async def test_a_refused_gateway_credential_is_the_gateway_s_fault(
+        bank: tuple[ScriptedBank, GrpcBank]) -> None:
+    scripted, port = bank
+    scripted.refusal = grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(Internal) as raised:
+        await port.decide_credit("ctk_x", USER, "key-1")
+    assert raised.value.reason == "BANK_AUTH_FAILED"
+
+
+@pytest.mark.parametrize("reason", [
+    f"card {PAN} is over its limit",  # free text, with a PAN in it
+    f"CLOSED_{PAN}",  # the code's spelling, a PAN all the same
+    "low score",
+    "X" * 65,
+])
+async def test_a_decline_reason_that_is_no_stable_code_reads_declined(
+        bank: tuple[ScriptedBank, GrpcBank], reason: str) -> None:
+    """The reason is stored on the line and shown to the partner: the decline
+    stands, the bank's free text goes nowhere."""
+    scripted, port = bank
+    scripted.reply = pb.DecideCreditResponse(outcome=pb.DecideCreditResponse.OUTCOME_DECLINED,
+                                             decline_reason=reason)
+    declined = await port.decide_credit("ctk_x", USER, "key-1")
+    assert not declined.approved and declined.decline_reason == "DECLINED"
