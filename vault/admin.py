@@ -75,7 +75,8 @@ class KeyAdminService:
         return "dev" if self._unsealer is None else "production"
 
     def on_unseal(self, callback: Callable[[], Awaitable[None]]) -> None:
-        """Run ``callback`` each time this process becomes unsealed."""
+        """Run ``callback`` after every Unseal call that leaves this process
+        unsealed (a repeat included: it must be harmless to run again)."""
         self._on_unseal.append(callback)
 
     async def _audited(self, action: str, actor: Actor, detail: str,
@@ -182,12 +183,19 @@ class KeyAdminService:
 
     async def unseal(self, share: str, actor: Actor) -> SealState:
         unsealer = self._require_production()
-        state = await self._audited(ROOT_UNSEAL, actor, "one share",
-                                    lambda: unsealer.unseal(share))
-        if not state.sealed:
-            await self._audit.flush_backlog()
-            for callback in self._on_unseal:
-                await callback()
+        try:
+            state = await self._audited(ROOT_UNSEAL, actor, "one share",
+                                        lambda: unsealer.unseal(share))
+            if not state.sealed:
+                await self._audit.flush_backlog()
+        finally:
+            # Unsealed is unsealed even when an audit write after it failed
+            # (the sealed period's entries stay queued for the next append):
+            # the process must say it serves, and a retried Unseal, which
+            # answers ALREADY_UNSEALED, must be able to say so too.
+            if not unsealer.sealed:
+                for callback in self._on_unseal:
+                    await callback()
         return state
 
     async def rekey(self, share: str, threshold: int, count: int,

@@ -70,18 +70,20 @@ AUDIT_OVERFLOW = "audit.sealed_overflow"
 _ATTEMPTS = 16
 _PAGE = 2000
 
-# Append a batch iff the head is still what the caller chained from.
-# KEYS: stream, head. ARGV: expected head seq, new head seq, new head mac,
-# then per entry the values of FIELDS, seq and mac (10 values).
-# Returns {1, id, id, ...} or {0, head seq, head mac}.
+# Append a batch iff the head is still what the caller chained from: its seq
+# and its MAC (a head whose last entry Redis lost, then rewritten by another
+# process under the same seq, has another MAC; chaining on would break the
+# chain for good). KEYS: stream, head. ARGV: expected head seq, expected head
+# mac, new head seq, new head mac, then per entry the values of FIELDS, seq
+# and mac (10 values). Returns {1, id, id, ...} or {0, head seq, head mac}.
 _APPEND = """
 local head = redis.call('HMGET', KEYS[2], 'seq', 'mac')
 local seq = head[1] or '0'
-if seq ~= ARGV[1] then return {0, seq, head[2] or ''} end
+if seq ~= ARGV[1] or (head[2] or '') ~= ARGV[2] then return {0, seq, head[2] or ''} end
 local names = {'action', 'caller', 'tenant', 'token', 'result', 'time', 'reason',
                'request_id', 'seq', 'mac'}
 local reply = {1}
-for i = 4, #ARGV, 10 do
+for i = 5, #ARGV, 10 do
   local args = {}
   for j = 1, 10 do
     args[2 * j - 1] = names[j]
@@ -89,7 +91,7 @@ for i = 4, #ARGV, 10 do
   end
   reply[#reply + 1] = redis.call('XADD', KEYS[1], '*', unpack(args))
 end
-redis.call('HSET', KEYS[2], 'seq', ARGV[2], 'mac', ARGV[3])
+redis.call('HSET', KEYS[2], 'seq', ARGV[3], 'mac', ARGV[4])
 return reply
 """
 
@@ -218,7 +220,14 @@ class AuditLog:
                 result="DROPPED", time=last,
                 reason=f"{dropped} entries not kept while sealed (backlog limit "
                        f"{MAX_SEALED_BACKLOG})"))
-        await asyncio.gather(*(self._enqueue(e) for e in backlog))
+        results = await asyncio.gather(*(self._enqueue(e) for e in backlog),
+                                       return_exceptions=True)
+        failed = [e for e, r in zip(backlog, results, strict=True) if isinstance(r, Exception)]
+        if failed:
+            # Kept, ahead of anything recorded since, for the next append to
+            # write: the sealed period's entries exist nowhere else.
+            self._sealed_backlog[:0] = failed
+            raise next(r for r in results if isinstance(r, Exception))
 
     def _enqueue(self, entry: AuditEntry) -> asyncio.Future[str]:
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -278,7 +287,8 @@ class AuditLog:
                 args += [*values, str(seq), mac]
             with redis_errors(AUDIT_UNAVAILABLE):
                 reply = await self._script(keys=[self.key, self.head_key],
-                                           args=[str(head[0]), str(seq), mac, *args])
+                                           args=[str(head[0]), head[1], str(seq), mac,
+                                                 *args])
             if int(reply[0]) == 1:
                 self._head = (seq, mac)
                 return [_text(r) for r in reply[1:]]

@@ -362,6 +362,10 @@ class ShamirRootKeys:
         new_secret = secret if kind == REKEY else new_symmetric_key()
         new = old if kind == REKEY else RootKey(new_secret)
         mnemonics, identifier = split_root(new_secret, threshold, count)
+        while identifier == shares.identifier:
+            # Shares are told apart by their set's 15-bit identifier: a rekey
+            # (same root) that drew the old one would leave the old shares valid.
+            mnemonics, identifier = split_root(new_secret, threshold, count)
         outcome = CeremonyOutcome(shares.threshold, shares.threshold, True,
                                   seal_shares(mnemonics, keys), new.key_id)
         del mnemonics

@@ -15,11 +15,12 @@ from common.clock import ManualClock
 from common.errors import Aborted, Unavailable
 from common.grpc_errors import error_from_rpc
 from tests.support.vault import VaultHandle
-from tests.vault.test_store_service import START, make_service
+from tests.vault.test_store_service import START, make_service, random_card, tokenize
 from vault import Actor
 from vault.admin import KeyAdminService
 from vault.audit import AuditEntry, audit_key
 from vault.guards import _claim
+from vault.lifecycle import KeyLifecycle
 from vault.rewrap import REWRAP_LEASE_LOST, Rewrapper, _State
 from vault.unseal import CeremonyOutcome, SealedShare
 
@@ -155,3 +156,37 @@ async def test_bad_admin_input_names_its_field_and_is_not_audited(
 async def _drain(call: Any) -> None:
     async for _ in call:
         pass
+
+
+SETTLE = 30.0
+
+
+async def test_rewrap_never_moves_a_record_to_a_superseded_fingerprint_version(
+        redis_client: aioredis.Redis, key_prefix: str, clock: ManualClock,
+        key_file: Path) -> None:
+    """A fingerprint version that settles while a rewrap runs ends that run: it
+    moved records written under the new version back to the one it started for."""
+    service = make_service(redis_client, key_prefix, clock, key_file,
+                           key_settle_seconds=SETTLE)
+    await service.sealing_key_set()
+    keyring, store = service.keyring, service.store
+    lifecycle = KeyLifecycle(redis_client, keyring=keyring, store=store, clock=clock,
+                             sealing_grace_seconds=3600, settle_seconds=SETTLE)
+    for _ in range(3):
+        await tokenize(service, "acme", random_card())
+    await lifecycle.rotate("fp")  # v2
+    clock.advance(SETTLE + 1)     # v2 settles: the write and rewrap target
+    walk = Rewrapper(redis_client, prefix=key_prefix, keyring=keyring,
+                     store=store).run(batch_size=1)
+    first = await walk.__anext__()
+    assert first.target_fingerprint_version == 2
+    await lifecycle.rotate("fp")  # v3, while the walk runs
+    clock.advance(SETTLE + 1)     # v3 settles: new cards are mapped under v3
+    late = await tokenize(service, "acme", random_card())
+    stored = await store.load("acme", late.record.token)
+    assert stored is not None and stored.fingerprint_version == 3
+    async for _ in walk:
+        pass
+    stored = await store.load("acme", late.record.token)
+    assert stored is not None
+    assert stored.fingerprint_version == 3, "moved back to superseded fp v2"

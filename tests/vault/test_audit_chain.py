@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,10 +16,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cardlink.vault.v1 import admin_pb2, vault_pb2
+from common.clock import ManualClock
 from common.grpc_errors import error_from_rpc
 from tests.support.cards import card, numbered_card
 from tests.support.vault import VaultHandle
-from vault.audit import FIELDS, AuditEntry, audit_head_key, audit_key, chain_payload
+from tests.vault.test_store_service import make_service
+from vault.audit import FIELDS, AuditEntry, AuditLog, audit_head_key, audit_key, chain_payload
 
 ENTRIES = 12
 AT = 5
@@ -292,3 +295,41 @@ def test_an_entry_stores_each_value_under_its_own_field_name() -> None:
     assert dict(zip(FIELDS, entry.values(), strict=True)) == {
         "action": "detokenize", "caller": "cardlink-bank", "tenant": "acme", "token": "ctk_x",
         "result": "OK", "time": "1.5", "reason": "dispute", "request_id": "r-1"}
+
+
+def _chained_entry(n: int) -> AuditEntry:
+    return AuditEntry("detokenize", "cardlink-bank", "acme", "", "OK", float(n), "check")
+
+
+async def test_a_process_with_a_stale_head_cannot_break_the_chain(
+        redis_client: aioredis.Redis, key_prefix: str, clock: ManualClock,
+        key_file: Path) -> None:
+    """Two vault processes. Redis loses its last write (restart with appendfsync
+    everysec, or failover to a replica that had not got it): entry 5 and the head's
+    move to 5. Another process appends a new entry 5; the first one, still caching
+    the lost head (5, its MAC), must chain from the new entry 5, not append entry 6
+    on the lost one's MAC (verify reported ALTERED there, and nothing after it
+    could ever be verified again)."""
+    first = make_service(redis_client, key_prefix, clock, key_file)
+    second = make_service(redis_client, key_prefix, clock, key_file)
+    await first.sealing_key_set()
+    await second.sealing_key_set()
+    log1, log2 = first.audit, second.audit
+    assert isinstance(log1, AuditLog) and isinstance(log2, AuditLog)
+    for n in range(5):
+        await log1.append(_chained_entry(n))
+    stream = audit_key(key_prefix)
+    entries: Any = await redis_client.xrange(stream)
+    await redis_client.xdel(stream, entries[-1][0])
+    await redis_client.hset(audit_head_key(key_prefix),
+                            mapping={"seq": "4", "mac": entries[-2][1][b"mac"]})
+    await log2.append(_chained_entry(100))  # the other process: seq 5 again, another MAC
+    await log1.append(_chained_entry(101))  # seq 6, chained from the lost entry's MAC
+    for n in range(102, 110):       # later, perfectly ordinary entries
+        await log2.append(_chained_entry(n))
+    result = await log1.verify()
+    try:
+        assert result.ok, result
+    finally:
+        await log1.aclose()
+        await log2.aclose()

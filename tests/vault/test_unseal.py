@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 import shamir_mnemonic.shamir
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -497,3 +498,87 @@ async def test_kept_shares_are_not_handed_out_once_another_process_replaced_them
                 custodian_public_keys=public_keys(three)), metadata=other.security())
         assert done.complete
         assert await _refused(_rotate_root(vault, shares[0], two)) == "SHARE_WRONG_SET"
+
+
+def _next_audit_write_fails(vault: VaultHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis drops the connection on the audit log's next append script (once)."""
+    audit: Any = vault.vault.service.audit
+    script = audit._script
+
+    async def fails_once(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(audit, "_script", script)
+        raise redis.exceptions.ConnectionError("connection reset by peer")
+
+    monkeypatch.setattr(audit, "_script", fails_once)
+
+
+async def _unsealed_after_a_failed_audit_write(vault: VaultHandle,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    shares = await init(vault)
+    # A share of another set while sealed: audited in the in-memory backlog.
+    assert await refused(vault, split_root(os.urandom(32), K, 5)[0][0]) == "SHARE_WRONG_SET"
+    for share in shares[:K - 1]:
+        await unseal(vault, share)
+    _next_audit_write_fails(vault, monkeypatch)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await unseal(vault, shares[K - 1])
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # AUDIT_UNAVAILABLE
+    state = await vault.admin.GetSealStatus(admin_pb2.GetSealStatusRequest(),
+                                            metadata=vault.security())
+    assert not state.sealed  # the k-th share was taken: this process holds the root
+
+
+async def test_sealed_backlog_survives_a_failed_first_write_after_unseal(
+        redis_url: str, key_prefix: str, tmp_path: Path, world: tuple[ManualClock, Identities],
+        redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock, identities = world
+    async with production(redis_url, key_prefix, tmp_path, clock, identities) as vault:
+        await _unsealed_after_a_failed_audit_write(vault, monkeypatch)
+        name = await tokenize(vault)
+        await detokenize(vault, name)  # Redis is back: later entries are written
+        logged: Any = await redis_client.xrange(audit_key(key_prefix))
+        actions = [(e[b"action"], e[b"result"]) for _, e in logged]
+        assert (b"detokenize", b"OK") in actions
+        # The refused share and every unseal INTENT, recorded while sealed,
+        # reach the log once it can be written (they were dropped for good).
+        assert (b"root.unseal", b"SHARE_WRONG_SET") in actions, actions
+        assert actions.count((b"root.unseal", b"INTENT")) >= K + 1, actions
+
+
+async def test_unsealed_process_reports_serving_after_a_failed_audit_write(
+        redis_url: str, key_prefix: str, tmp_path: Path, world: tuple[ManualClock, Identities],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock, identities = world
+    async with production(redis_url, key_prefix, tmp_path, clock, identities) as vault:
+        await _unsealed_after_a_failed_audit_write(vault, monkeypatch)
+        name = await tokenize(vault)  # it does serve cards...
+        await detokenize(vault, name)
+        health = health_pb2_grpc.HealthStub(vault.channel)
+        checked = await health.Check(health_pb2.HealthCheckRequest(
+            service="cardlink.vault.v1.TokenVault"))
+        # ...and says so (it stayed NOT_SERVING for good: a retried Unseal
+        # answers ALREADY_UNSEALED, and ran no on_unseal callback).
+        assert checked.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_old_shares_are_refused_after_a_rekey_whatever_identifier_it_draws(
+        redis_url: str, key_prefix: str, tmp_path: Path, world: tuple[ManualClock, Identities],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock, identities = world
+    async with production(redis_url, key_prefix, tmp_path, clock, identities) as vault:
+        shares = await init(vault)
+        for share in shares[:K]:
+            await unseal(vault, share)
+        # The rekey draws the identifier the current set already has.
+        same = Share.from_mnemonic(shares[0]).identifier
+        forced, random = [same], shamir_mnemonic.shamir._random_identifier
+        monkeypatch.setattr(shamir_mnemonic.shamir, "_random_identifier",
+                            lambda: forced.pop() if forced else random())
+        three = custodian_keys(3)
+        for share in shares[:K]:
+            done = await vault.admin.RekeyRoot(admin_pb2.RekeyRootRequest(
+                share=share, threshold=2, share_count=3,
+                custodian_public_keys=public_keys(three)), metadata=vault.security())
+        assert done.complete  # the key tool prints "the old shares no longer work"
+    async with production(redis_url, key_prefix, tmp_path, clock, identities) as vault:
+        assert await refused(vault, shares[0]) == "SHARE_WRONG_SET"
