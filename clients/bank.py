@@ -18,8 +18,9 @@ import grpc
 
 from cardlink.vault.v1 import vault_pb2, vault_pb2_grpc
 from common.auth import TokenMinter
-from common.errors import Unavailable
+from common.errors import Unavailable, invalid_field
 from common.grpc_errors import rpc_errors
+from common.tenants import is_tenant
 
 DETOKENIZE_SCOPE = "vault.tokens.detokenize"
 _ATTEMPTS = 2  # a detokenize changes nothing but the audit log: one retry is safe
@@ -27,7 +28,7 @@ _ATTEMPTS = 2  # a detokenize changes nothing but the audit log: one retry is sa
 
 def _tenant_of(token_name: str) -> str:
     parts = token_name.split("/")
-    return parts[1] if len(parts) == 4 and parts[0] == "tenants" else ""
+    return parts[1] if len(parts) >= 2 and parts[0] == "tenants" else ""
 
 
 class BankVaultClient:
@@ -45,7 +46,11 @@ class BankVaultClient:
         """The card behind ``token_name``; raises the vault's typed CardLinkError."""
         request = vault_pb2.DetokenizeTokenRequest(
             name=token_name, reason=reason, request_id=request_id or str(uuid.uuid4()))
-        metadata = self._minter.metadata(self._subject, _tenant_of(token_name), [DETOKENIZE_SCOPE])
+        tenant = _tenant_of(token_name)
+        if not is_tenant(tenant):  # no tenant to mint a token for: the name is wrong
+            raise invalid_field("name", "must be tenants/{tenant}/tokens/ctk_...",
+                                "TOKEN_NAME_INVALID")
+        metadata = self._minter.metadata(self._subject, tenant, [DETOKENIZE_SCOPE])
         attempts_left = _ATTEMPTS
         while True:
             try:

@@ -75,8 +75,8 @@ async def run() -> None:
             grpc.aio.insecure_channel(gateway_target, options=options) as gateway_channel, \
             grpc.aio.insecure_channel(banksim_target, options=options) as banksim_channel:
         vault = vault_pb2_grpc.TokenVaultStub(vault_channel)
-        cache = SealingKeyCache(lambda: vault.GetSealingKeySet(vault_pb2.GetSealingKeySetRequest()),
-                                pins())
+        cache = SealingKeyCache(lambda: vault.GetSealingKeySet(
+            vault_pb2.GetSealingKeySetRequest(), timeout=5), pins())
         step("1. The partner verified the vault's signed sealing keys",
              f"current key: {(await cache.current()).key_id}")
 

@@ -7,7 +7,9 @@ anything in it, caches the keys by id, and seals a card with HPKE (RFC 9180)
 to the current key, bound to the partner's tenant.
 
     pins = load_pins(Path("vault-pins.json"))
-    cache = SealingKeyCache(vault_pb2_grpc.TokenVaultStub(channel), pins)
+    vault = vault_pb2_grpc.TokenVaultStub(channel)
+    cache = SealingKeyCache(lambda: vault.GetSealingKeySet(
+        vault_pb2.GetSealingKeySetRequest(), timeout=5), pins)
     sealed = seal_card(await cache.current(), "tenants/acme", card)
 """
 

@@ -32,8 +32,10 @@ bench machine:
 Pipelines and transactions (MULTI/EXEC, WATCH) still take a pooled
 connection. ``rediss://`` (TLS) URLs are served by the pool alone.
 
-Failure semantics: when the shared connection breaks, or a reply is more
-than ``socket_timeout`` (5 s unless the URL says otherwise) late, every
+Failure semantics: when the shared connection breaks, or Redis sends no
+reply for ``socket_timeout`` (5 s unless the URL says otherwise) while
+commands wait (so a command is given up at most twice that after it went
+out, and a busy connection that keeps answering is never cut), every
 command waiting on it fails with ``ConnectionError``/``TimeoutError``, its
 outcome unknown exactly as with a pooled connection that breaks
 mid-command, and the next command reconnects. Nothing is retried behind the
@@ -65,6 +67,7 @@ _BATCH_WINDOW_OPTION = "batch_window"
 # redis-py's per-call options that only shape how a reply is parsed.
 _EMPTY_RESPONSE = "EMPTY_RESPONSE"
 _PARSE_ONLY_OPTIONS = ("NEVER_DECODE", "keys")
+_INCOMPLETE = object()  # hiredis returns False for RESP3 `#f`: a real reply
 
 
 def _pack(args: tuple[Any, ...]) -> bytes:
@@ -92,7 +95,8 @@ class _SharedConnection(asyncio.Protocol):
 
     def __init__(self, timeout: float | None, batch_window: float) -> None:
         self._reader = hiredis.Reader(protocolError=InvalidResponse,
-                                      replyError=BaseParser.parse_error)
+                                      replyError=BaseParser.parse_error,
+                                      notEnoughData=_INCOMPLETE)
         self._transport: asyncio.Transport | None = None
         self._waiting: deque[asyncio.Future[Any]] = deque()  # in the order sent
         self._outgoing: list[bytes] = []  # queued, not yet written
@@ -180,7 +184,7 @@ class _SharedConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
         try:
-            while (reply := self._reader.gets()) is not False:
+            while (reply := self._reader.gets()) is not _INCOMPLETE:
                 if isinstance(reply, hiredis.PushNotification):
                     continue  # out-of-band (RESP3 push); no command waits for it
                 future = self._waiting.popleft()

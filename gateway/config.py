@@ -44,7 +44,7 @@ work concurrently.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import ConfigError, Env, default_state_dir
@@ -65,7 +65,7 @@ def derive_lease_s(bank: CallPolicy, vault: CallPolicy) -> float:
 @dataclass(frozen=True)
 class GatewayConfig:
     listen: str
-    redis_url: str
+    redis_url: str = field(repr=False)  # may hold a password
     redis_prefix: str
     vault_target: str
     bank_target: str
@@ -87,7 +87,7 @@ class GatewayConfig:
     grace_shutdown_s: float = 5.0
     log_level: str = "INFO"
     log_json: bool = False
-    fingerprint_secret: str = ""
+    fingerprint_secret: str = field(default="", repr=False)
 
     def code_fingerprint_key(self) -> bytes:
         """The HMAC key for one-time codes; refuses a missing or short secret."""

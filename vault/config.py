@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
@@ -21,7 +21,7 @@ class VaultMode(Enum):
 @dataclass(frozen=True)
 class VaultConfig:
     listen: str
-    redis_url: str
+    redis_url: str = field(repr=False)  # may hold a password
     redis_prefix: str
     mode: VaultMode
     key_file: Path

@@ -67,10 +67,14 @@ class PartnerClient:
         return f"tenants/{self.tenant}/users/{user}"
 
     async def _call(self, call: Callable[[float, tuple[tuple[str, str], ...]], Awaitable[R]]) -> R:
+        return await self._retrying(
+            lambda: call(self._retry.deadline_s, bearer_metadata(self._token())))
+
+    async def _retrying(self, call: Callable[[], Awaitable[R]]) -> R:
         policy = self._retry
         for attempt in range(1, policy.attempts + 1):
             try:
-                return await call(policy.deadline_s, bearer_metadata(self._token()))
+                return await call()
             except grpc.aio.AioRpcError as rpc_error:
                 error = error_from_rpc(rpc_error)
             if attempt == policy.attempts or not _retryable(error):
@@ -95,7 +99,8 @@ class PartnerClient:
             request_id=request_id or str(uuid.uuid4()),
         )
         for refreshed in (False, True):
-            key = await (self._sealing.refresh() if refreshed else self._sealing.key_set())
+            key = await self._retrying(
+                self._sealing.refresh if refreshed else self._sealing.key_set)
             request.sealed_card.CopyFrom(seal_card(key.current(), f"tenants/{self.tenant}", card))
             try:
                 return await self._call(lambda t, m: self._bindings.CreateBinding(

@@ -265,3 +265,20 @@ async def test_a_refused_login_fails_the_connection() -> None:
     finally:
         await client.aclose()
         server.close()
+
+
+async def test_a_false_reply_is_a_reply(redis_url: str, key_prefix: str) -> None:
+    """RESP3 (what the client speaks) has a boolean reply; hiredis gives `#f`
+    as False, which was also its "no whole reply yet": that caller was never
+    answered and every later caller on the connection waited behind it (or,
+    with the next reply in a later read, got its predecessor's reply)."""
+    client: Any = connect(_with_option(redis_url, "socket_timeout=3600"))
+    try:
+        await client.set(f"{key_prefix}:b", "B")
+        async with asyncio.timeout(30):  # stalled, it would wait out the hour
+            replies = await asyncio.gather(
+                client.eval("redis.setresp(3) return false", 0),
+                client.get(f"{key_prefix}:b"))
+        assert list(replies) == [False, b"B"]
+    finally:
+        await client.aclose()

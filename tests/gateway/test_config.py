@@ -11,6 +11,7 @@ from clients.banksim.app import BanksimConfig
 from common.config import ConfigError
 from gateway.config import GatewayConfig
 from gateway.thresholds import TenantThresholds, Thresholds
+from vault.config import VaultConfig
 
 
 def test_gateway_defaults_and_overrides(tmp_path: Path) -> None:
@@ -47,3 +48,14 @@ def test_tenant_threshold_file(tmp_path: Path) -> None:
         path.write_text(json.dumps(bad))
         with pytest.raises(ConfigError):
             TenantThresholds.load(Thresholds(), path)
+
+
+def test_a_config_s_repr_shows_no_secret(tmp_path: Path) -> None:
+    """A traceback or a debug print of a config must not carry the Redis
+    password or the code fingerprint secret."""
+    env = {"REDIS_URL": "redis://:redis-pass-0123@127.0.0.1:6379/0",
+           "CARDLINK_GATEWAY_FINGERPRINT_SECRET": "fp-secret-0123456789abcdef",
+           "CARDLINK_STATE_DIR": str(tmp_path)}
+    for config in (GatewayConfig.from_env(env), VaultConfig.from_env(env)):
+        shown = repr(config)
+        assert "redis-pass-0123" not in shown and "fp-secret-0123456789abcdef" not in shown

@@ -7,7 +7,7 @@ import pytest
 from cardlink.vault.v1 import vault_pb2
 from clients.bank import BankVaultClient
 from clients.sealing import KeySetError, SealingKeyCache, seal_card, verify_key_set
-from common.errors import NotFound, PermissionDenied
+from common.errors import InvalidArgument, NotFound, PermissionDenied
 from tests.support.cards import card
 from tests.support.vault import VaultHandle
 
@@ -66,3 +66,15 @@ async def test_key_cache_refuses_a_key_set_older_than_one_it_accepted(vault: Vau
     vault.clock.advance(2 * 3600)
     with pytest.raises(KeySetError):
         verify_key_set(second, await vault.pins(), now=vault.clock.now())
+
+
+@pytest.mark.parametrize("name", ["ctk_" + "a" * 26, "tenants/acme/tokens/ctk_x/extra",
+                                  "tenants//tokens/ctk_x"])
+async def test_bank_client_refuses_a_malformed_token_name_as_the_caller_s_error(
+        vault: VaultHandle, name: str) -> None:
+    """Not as a refused credential (UNAUTHENTICATED TOKEN_INVALID): the client
+    minted a token for tenant "" when the name named none it could read."""
+    bank = BankVaultClient(vault.channel,
+                           vault.identities.minter("cardlink-bank", "cardlink-vault"))
+    with pytest.raises(InvalidArgument):
+        await bank.detokenize(name, "holder verification")
