@@ -167,6 +167,20 @@ class _CeremonyWrite:
 
 
 @dataclass(frozen=True, slots=True)
+class _Landed:
+    """A ceremony that landed, kept for its retries: what was asked and what it
+    hands out, never a root key (the old one above all must not outlive it)."""
+
+    asked: _Asked
+    outcome: CeremonyOutcome
+    new_share_set: int
+
+    @classmethod
+    def of(cls, ceremony: _CeremonyWrite) -> _Landed:
+        return cls(ceremony.asked, ceremony.outcome, ceremony.new_share_set)
+
+
+@dataclass(frozen=True, slots=True)
 class _InitWrite:
     """The last init: what was asked, the root and share set it wrote, its shares."""
 
@@ -252,7 +266,7 @@ class ShamirRootKeys:
         self._root: RootKey | None = None
         self._ceremony: _Ceremony | None = None
         self._unsettled: _CeremonyWrite | None = None  # its reply was lost
-        self._undelivered: _CeremonyWrite | None = None  # the last ceremony that landed
+        self._undelivered: _Landed | None = None  # the last ceremony that landed
         self._initialized: _InitWrite | None = None  # for a retry of the last init
         self._keyring: Keyring | None = None
 
@@ -408,7 +422,7 @@ class ShamirRootKeys:
             if changed:
                 # Kept for retries too: this reply can be lost on its way (a
                 # dropped connection, a tool that cannot write the share files).
-                self._undelivered = replace(ceremony, marker=marker)
+                self._undelivered = _Landed.of(ceremony)
                 self._initialized = None  # its shares belong to a replaced set now
                 return ceremony.outcome
             self._root = ceremony.old_root
@@ -428,7 +442,7 @@ class ShamirRootKeys:
         if self._root is unsettled.new_root:  # not sealed or unsealed again meanwhile
             self._root = unsettled.new_root if landed else unsettled.old_root
         if landed:
-            self._undelivered = unsettled
+            self._undelivered = _Landed.of(unsettled)
         self._keyring.invalidate()
 
     async def _landed(self, asked: _Asked) -> CeremonyOutcome | None:

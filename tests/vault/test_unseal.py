@@ -31,6 +31,7 @@ from tests.support.identities import Identities
 from tests.support.vault import VaultHandle, running_vault
 from vault.audit import audit_key
 from vault.config import VaultMode
+from vault.crypto import RootKey
 from vault.unseal import split_root
 
 K, N = 3, 5
@@ -246,6 +247,17 @@ async def test_unseal_needs_the_custodian_scope(vault: VaultHandle) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await vault.admin.Unseal(admin_pb2.UnsealRequest(share="x"), metadata=vault.partner())
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def _root_key_ids(holder: object, depth: int = 3) -> set[str]:
+    """The ids of every RootKey in ``holder``'s attributes (and theirs)."""
+    if isinstance(holder, RootKey):
+        return {holder.key_id}
+    if depth == 0:
+        return set()
+    names = [*getattr(type(holder), "__slots__", ()), *getattr(holder, "__dict__", {})]
+    return set().union(*(_root_key_ids(getattr(holder, name, None), depth - 1)
+                         for name in names))
 
 
 def _rotate_root(vault: VaultHandle, share: str,
@@ -490,6 +502,9 @@ async def test_kept_shares_are_not_handed_out_once_another_process_replaced_them
         rotated = await _rotate_root(vault, shares[K - 1], two)
         newest = open_shares(rotated.sealed_shares, two)
         assert await _rotate_root(vault, shares[0], two) == rotated  # kept for a retry
+        # What is kept for the retry holds no root key: the process holds the
+        # new root only, never the one it replaced.
+        assert _root_key_ids(vault.vault.service.keyring.root_keys) == {rotated.root_key_id}
         for share in newest:
             await unseal(other, share)
         for share in newest:
