@@ -34,8 +34,8 @@ connection. ``rediss://`` (TLS) URLs are served by the pool alone.
 
 Failure semantics: when the shared connection breaks, or Redis sends no
 reply for ``socket_timeout`` (5 s unless the URL says otherwise) while
-commands wait (so a command is given up at most twice that after it went
-out, and a busy connection that keeps answering is never cut), every
+commands wait (a stall detector: a Redis that keeps answering, however
+slowly, is waited for), every
 command waiting on it fails with ``ConnectionError``/``TimeoutError``, its
 outcome unknown exactly as with a pooled connection that breaks
 mid-command, and the next command reconnects. Nothing is retried behind the

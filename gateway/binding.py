@@ -16,8 +16,10 @@ sees it and counts an attempt at once. Only a bank that provably did nothing
 attempt back; after a timeout the check stays pending, and the next confirm
 of the same code - any request id - resumes it with the same bank key, while
 another code waits for it (bounded) and then gets ABORTED CODE_CHECK_PENDING.
-The card claim is released only by a call whose script made the binding
-leave its live states.
+The card claim is released only for a binding that left its live states
+(by the call whose script made the transition, or by a later confirm that
+answers CODE_EXPIRED or TOO_MANY_ATTEMPTS for it again: each release is a
+compare-and-set on that binding's own claim value).
 """
 
 from __future__ import annotations
@@ -160,14 +162,15 @@ class BindingService:
     ) -> Binding:
         limits = self._thresholds.for_tenant(user.tenant)
         now = self._clock.now()
-        claim = await self._claim_card(user, card.token, now)
+        claim, replaced = await self._claim_card(user, card.token, now)
         name = binding_name(user, derived_id("bnd", str(user), request_id))
         new = NewBinding(name, card.token, card.token_name, card.display, consent,
                          limits.code_max_attempts, claim)
         status, value = await self._store.create(new, now, limits.max_bindings_per_user)
         if status in ("LOCKED", "LIMIT"):
-            # No live binding of this card for the user: the claim just made is ours.
-            await self._store.compare_and_set_owner(user.tenant, card.token, claim, "")
+            # No binding holds the claim just made: put back the one it replaced,
+            # which a concurrent create of this user's may hold ('' if none).
+            await self._store.compare_and_set_owner(user.tenant, card.token, claim, replaced)
         if status == "LOCKED":
             raise ResourceExhausted(
                 "BINDING_LOCKED_OUT",
@@ -203,19 +206,20 @@ class BindingService:
             return await self._verify(name, stored)
         return stored.binding
 
-    async def _claim_card(self, user: UserName, token: str, now: float) -> str:
+    async def _claim_card(self, user: UserName, token: str, now: float) -> tuple[str, str]:
+        """(our claim, the claim value it replaced: this user's own, or '')."""
         for _ in range(3):
             mine = claim_value(user, now)
             status, owner = await self._store.claim_card(user.tenant, token, mine)
             if status == "OK":
-                return owner
+                return mine, owner
             if not await self._is_stale(owner, token, now):
                 # Never say which user: that would leak another user's identity.
                 raise FailedPrecondition(
                     "CARD_BOUND_TO_OTHER_USER", "this card is bound to another user"
                 )
             if await self._store.compare_and_set_owner(user.tenant, token, owner, mine):
-                return mine
+                return mine, ""  # a stale claim of another user's: nothing to put back
         raise FailedPrecondition("CARD_BOUND_TO_OTHER_USER", "this card is bound to another user")
 
     async def _is_stale(self, owner: str, token: str, now: float) -> bool:
@@ -266,13 +270,16 @@ class BindingService:
 
     async def _reserve(self, name: ChildName, code_digest: str,
                        request_id: str) -> tuple[str, str]:
-        lockout_s = self._thresholds.for_tenant(name.tenant).lockout_s
+        limits = self._thresholds.for_tenant(name.tenant)
+        # The attempt counter outlives the code, even under a shorter lockout:
+        # else the code's attempts would start over while it is still valid.
+        counter_s = max(limits.lockout_s, limits.code_ttl_s)
         in_flight_ms = int((self._bank_budget_s + 1.0) * 1000)
         give_up = time.monotonic() + self._bank_budget_s + 1.0
         while True:
             status, value = await self._store.reserve_attempt(
                 name, self._clock.now(), code_digest, bank_key("code", str(name), request_id),
-                lockout_s * 1000, in_flight_ms,
+                counter_s * 1000, in_flight_ms,
             )
             if status != "BUSY":
                 return status, value
@@ -287,10 +294,12 @@ class BindingService:
 
     async def _confirm(self, name: ChildName, code: str, code_digest: str,
                        request_id: str) -> Binding:
-        stored = await self._require(name)
         status, value = await self._reserve(name, code_digest, request_id)
         if status == "NOT_FOUND":
             raise _not_found()
+        # Read after the reservation: verification may have ended just before
+        # it (a code the bank had texted already), setting the verification id.
+        stored = await self._require(name)
         if status == "EXPIRED":
             await self._expired(name, stored.claim)
         if status == "STATE":
@@ -307,7 +316,8 @@ class BindingService:
                 name.tenant, stored.verification_id, code, key
             )
         except Unavailable as error:
-            if _bank_did_nothing(error):
+            # Only a check this call started: a resumed one was on the wire before.
+            if status == "OK" and _bank_did_nothing(error):
                 await self._store.refund_attempt(name, self._clock.now(), key)
             else:
                 # Unknown outcome: the bank may have checked (and consumed) the
@@ -354,6 +364,8 @@ class BindingService:
         lockout = self._thresholds.for_tenant(name.tenant).lockout_s
         status, left = await self._store.code_mismatched(name, now, key, now + lockout,
                                                          lockout * 1000)
+        if status == "EXPIRED":  # the bank's answer came after the code expired
+            await self._expired(name, stored.claim)
         if status == "STATE":
             return await self._not_pending(name, left)
         if status == "LEFT":

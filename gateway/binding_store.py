@@ -92,10 +92,7 @@ local bid = ARGV[3]
 local k = bkey(bid)
 local state = redis.call('HGET', k, 'state')
 if not state then return {'NOT_FOUND', ''} end
-if code_expired(k) then retire(bid, 'FAILED', 'CODE_EXPIRED') return {'EXPIRED', ''} end
-if state == 'FAILED' and redis.call('HGET', k, 'fail') == 'CODE_EXPIRED' then
-  return {'EXPIRED', ''}
-end
+if expired(bid) then return {'EXPIRED', ''} end
 local mismatched = redis.call('HEXISTS', k, 'mk:' .. ARGV[5]) == 1
 if mismatched and state == 'FAILED'
     and redis.call('HGET', k, 'fail') == 'TOO_MANY_ATTEMPTS' then
@@ -154,7 +151,7 @@ return 1
 _CODE_MATCH = script("""
 local bid = ARGV[3]
 local k = bkey(bid)
-if code_expired(k) then retire(bid, 'FAILED', 'CODE_EXPIRED') return {'EXPIRED', ''} end
+if expired(bid) then return {'EXPIRED', ''} end
 local state = redis.call('HGET', k, 'state')
 if state ~= 'PENDING_CODE' then return {'STATE', state or ''} end
 redis.call('HSET', k, 'state', 'ACTIVE', 'mtime', now)
@@ -167,10 +164,12 @@ return {'ACTIVE', ''}
 # _RESERVE_ATTEMPT): once the attempts are used up the
 # binding fails and the user+card pair is locked out until ARGV[5] (clock
 # seconds) for ARGV[6] ms. STATE when the binding left PENDING_CODE meanwhile
-# (e.g. the right code won a race): nothing changes then.
+# (e.g. the right code won a race): nothing changes then. EXPIRED when the
+# answer came after the code expired: no attempt counts, nothing is locked.
 _CODE_MISMATCH = script("""
 local bid = ARGV[3]
 local k = bkey(bid)
+if expired(bid) then return {'EXPIRED', ''} end
 local state = redis.call('HGET', k, 'state')
 if state ~= 'PENDING_CODE' then return {'STATE', state or ''} end
 local left = attempts_left(k)
@@ -208,14 +207,16 @@ return {'DONE', ''}
 
 # Card ownership (card slot). Value: "<user name>|<nonce>|<claim time>". A
 # claim by the owner's own user refreshes the nonce, so a competing take-over
-# that read the old value fails its compare-and-set.
+# that read the old value fails its compare-and-set. OK answers the value the
+# claim replaced ('' if none): a create refused afterwards puts it back, as a
+# concurrent create of the same user may hold it.
 _CLAIM_CARD = """
 local owner = redis.call('GET', KEYS[1])
 if owner and string.sub(owner, 1, #ARGV[1] + 1) ~= ARGV[1] .. '|' then
   return {'OTHER', owner}
 end
 redis.call('SET', KEYS[1], ARGV[2])
-return {'OK', ARGV[2]}
+return {'OK', owner or ''}
 """
 
 # One binding attempt of a card that reached the bank's verification (counted

@@ -12,7 +12,7 @@ from __future__ import annotations
 # drops any code check in flight: ``pk``/``ph`` and the ``bchk`` marker).
 # sweep: pending-code bindings whose code expired become FAILED, so they stop
 # counting against the per-user limit and holding the card. attempts_left: a
-# binding's code attempts not yet used (never below 0).
+# binding's code attempts not yet used (never below 0). expired: see there.
 PRELUDE = """
 local base = ARGV[1]
 local now = tonumber(ARGV[2])
@@ -35,6 +35,14 @@ end
 local function code_expired(k)
   return redis.call('HGET', k, 'state') == 'PENDING_CODE'
     and tonumber(redis.call('HGET', k, 'cexp')) <= now
+end
+-- The binding's code has expired, now (it is retired here) or before (it
+-- failed CODE_EXPIRED already): every code answer from then on is EXPIRED.
+local function expired(bid)
+  local k = bkey(bid)
+  if code_expired(k) then retire(bid, 'FAILED', 'CODE_EXPIRED') return true end
+  return redis.call('HGET', k, 'state') == 'FAILED'
+    and redis.call('HGET', k, 'fail') == 'CODE_EXPIRED'
 end
 local function sweep()
   for _, bid in ipairs(redis.call('SMEMBERS', base .. ':blive')) do

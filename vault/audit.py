@@ -193,41 +193,48 @@ class AuditLog:
         self._queue: list[tuple[AuditEntry, asyncio.Future[str]]] = []
         self._sealed_backlog: list[AuditEntry] = []
         self._sealed_dropped = 0
+        self._flushing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._head: tuple[int, str] | None = None
         self._mac: tuple[bytes, AuditMacKey] | None = None
 
     async def append(self, entry: AuditEntry) -> str:
-        """The stream id of the written entry ('' while sealed: written after unseal)."""
+        """The stream id of the written entry: '' while sealed (written after
+        unseal), and when the write landed but its reply was lost."""
         if self._keyring.sealed:
             if len(self._sealed_backlog) < MAX_SEALED_BACKLOG:
                 self._sealed_backlog.append(entry)
             else:
                 self._sealed_dropped += 1
             return ""
-        if self._sealed_backlog or self._sealed_dropped:
+        if self._sealed_backlog or self._sealed_dropped or self._flushing.locked():
             await self.flush_backlog()
         return await self._enqueue(entry)
 
     async def flush_backlog(self) -> None:
-        """Chain what was recorded while sealed (called right after unseal)."""
-        backlog, self._sealed_backlog = self._sealed_backlog, []
-        dropped, self._sealed_dropped = self._sealed_dropped, 0
-        if dropped:
-            last = backlog[-1].time if backlog else 0.0
-            backlog.append(AuditEntry(
-                action=AUDIT_OVERFLOW, caller="vault", tenant="", token="",
-                result="DROPPED", time=last,
-                reason=f"{dropped} entries not kept while sealed (backlog limit "
-                       f"{MAX_SEALED_BACKLOG})"))
-        results = await asyncio.gather(*(self._enqueue(e) for e in backlog),
-                                       return_exceptions=True)
-        failed = [e for e, r in zip(backlog, results, strict=True) if isinstance(r, Exception)]
-        if failed:
-            # Kept, ahead of anything recorded since, for the next append to
-            # write: the sealed period's entries exist nowhere else.
-            self._sealed_backlog[:0] = failed
-            raise next(r for r in results if isinstance(r, Exception))
+        """Chain what was recorded while sealed (called right after unseal).
+
+        One batch at a time, in order, while later appends wait: if a write
+        fails, that batch and the rest stay queued, still first, for the next
+        append (the sealed period's entries exist nowhere else).
+        """
+        async with self._flushing:
+            backlog, self._sealed_backlog = self._sealed_backlog, []
+            dropped, self._sealed_dropped = self._sealed_dropped, 0
+            if dropped:
+                last = backlog[-1].time if backlog else 0.0
+                backlog.append(AuditEntry(
+                    action=AUDIT_OVERFLOW, caller="vault", tenant="", token="",
+                    result="DROPPED", time=last,
+                    reason=f"{dropped} entries not kept while sealed (backlog limit "
+                           f"{MAX_SEALED_BACKLOG})"))
+            for start in range(0, len(backlog), _MAX_BATCH):
+                try:
+                    await asyncio.gather(*(self._enqueue(entry)
+                                           for entry in backlog[start:start + _MAX_BATCH]))
+                except Exception:
+                    self._sealed_backlog[:0] = backlog[start:]
+                    raise
 
     def _enqueue(self, entry: AuditEntry) -> asyncio.Future[str]:
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -285,10 +292,18 @@ class AuditLog:
                 seq += 1
                 mac = mac_key.mac(mac, chain_payload(values, seq))
                 args += [*values, str(seq), mac]
-            with redis_errors(AUDIT_UNAVAILABLE):
-                reply = await self._script(keys=[self.key, self.head_key],
-                                           args=[str(head[0]), head[1], str(seq), mac,
-                                                 *args])
+            try:
+                with redis_errors(AUDIT_UNAVAILABLE):
+                    reply = await self._script(keys=[self.key, self.head_key],
+                                               args=[str(head[0]), head[1], str(seq), mac,
+                                                     *args])
+            except Unavailable:
+                # The reply may be all that was lost: a head at this batch's
+                # MAC means the batch is in (retrying it would write it twice).
+                if await self.head() != (seq, mac):
+                    raise
+                self._head = (seq, mac)
+                return [""] * len(entries)
             if int(reply[0]) == 1:
                 self._head = (seq, mac)
                 return [_text(r) for r in reply[1:]]

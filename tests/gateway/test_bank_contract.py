@@ -148,6 +148,7 @@ async def test_a_refused_gateway_credential_is_the_gateway_s_fault(
 @pytest.mark.parametrize("reason", [
     f"card {PAN} is over its limit",  # free text, with a PAN in it
     f"CLOSED_{PAN}",  # the code's spelling, a PAN all the same
+    "CLOSED_4111_1111_1111_1111",  # split up by the one separator a code allows
     "low score",
     "X" * 65,
 ])

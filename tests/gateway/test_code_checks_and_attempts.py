@@ -7,6 +7,7 @@ import hashlib
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,7 @@ from common.config import ConfigError
 from gateway.config import GatewayConfig
 from gateway.connectors import CallPolicy
 from gateway.idempotency import fingerprint
+from gateway.names import parse_user
 from tests.gateway.conftest import ALICE, ERIN, Stack, default_consent, refused
 
 Binding = resources_pb2.Binding
@@ -215,3 +217,64 @@ async def test_an_expiry_found_by_a_sweep_answers_code_expired(stack: Stack) -> 
     await sdk.create_binding("u-1", ERIN, default_consent())  # sweeps u-1's bindings
     swept = await refused(sdk.confirm_binding(binding.name, code))
     assert isinstance(swept, FailedPrecondition) and swept.reason == "CODE_EXPIRED"
+
+
+async def test_a_resumed_check_that_cannot_reach_the_bank_keeps_its_attempt(
+        stack: Stack) -> None:
+    """The check timed out but the bank did check the code; its resume finds
+    the bank unreachable. That attempt was used (it was given back, so a
+    timeout then an outage bought a free guess each time)."""
+    sdk = await stack.sdk()
+    binding = await sdk.create_binding("u-1", ALICE, default_consent())
+    code = await stack.code_for(ALICE)
+    await stack.switch(sim.CALL_KIND_CHECK_CODE, sim.MODE_TIMEOUT, times=1)
+    await refused(sdk.confirm_binding(binding.name, _wrong(code, 1)))  # the bank checked it
+    await stack.switch(sim.CALL_KIND_CHECK_CODE, sim.MODE_UNAVAILABLE, times=2)
+    resumed = await refused(sdk.confirm_binding(binding.name, _wrong(code, 1)))
+    assert resumed.reason == "BANK_UNAVAILABLE"
+    assert (await sdk.get_binding(binding.name)).code_attempts_left == 2
+
+
+async def test_the_attempt_counter_outlives_the_code_under_a_short_lockout(
+        stack: Stack) -> None:
+    """With a lockout shorter than the code's lifetime, the attempts counted on
+    a code must not expire while the code is still valid (they started over)."""
+    overrides = stack.folder / "thresholds.json"
+    overrides.write_text(json.dumps({"tenants": {"acme": {"lockout_s": 1}}}))
+    await stack.restart_gateway(thresholds_file=overrides)
+    sdk = await stack.sdk()
+    binding = await sdk.create_binding("u-1", ALICE, default_consent())
+    await refused(sdk.confirm_binding(binding.name, _wrong(await stack.code_for(ALICE), 1)))
+    base = stack.gateway.keyspace.user(parse_user("tenants/acme/users/u-1")).base
+    [counter] = await stack.redis.keys(f"{base}:catt:*")
+    assert await stack.redis.pttl(counter) > 299_000  # the default code lifetime: 300 s
+
+
+async def test_a_wrong_code_answered_after_the_code_expired_changes_nothing(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bank's MISMATCH lands after the code expired: CODE_EXPIRED, as for
+    every code from then on. It counted as the last attempt instead, failed
+    the binding TOO_MANY_ATTEMPTS and locked the user and card out."""
+    overrides = stack.folder / "thresholds.json"  # a code lifetime shorter than the bank's
+    overrides.write_text(json.dumps({"tenants": {"acme": {"code_ttl_s": 60}}}))
+    await stack.restart_gateway(thresholds_file=overrides)
+    sdk = await stack.sdk()
+    binding = await sdk.create_binding("u-1", ALICE, default_consent())
+    code = await stack.code_for(ALICE)
+    for n in (1, 2):
+        await refused(sdk.confirm_binding(binding.name, _wrong(code, n)))
+    bank = stack.gateway.bindings._bank
+    check_code = bank.check_code
+
+    async def slow_bank(*args: Any) -> Any:
+        result = await check_code(*args)  # MISMATCH: the bank's code is still valid
+        stack.clock.advance(61)  # the gateway's expired while the answer was on its way
+        return result
+
+    monkeypatch.setattr(bank, "check_code", slow_bank)
+    late = await refused(sdk.confirm_binding(binding.name, _wrong(code, 3)))
+    assert late.reason == "CODE_EXPIRED"
+    failed = await sdk.get_binding(binding.name)
+    assert failed.failure_reason == "CODE_EXPIRED"
+    again = await sdk.create_binding("u-1", ALICE, default_consent())  # no lockout
+    assert again.state == Binding.STATE_PENDING_CODE

@@ -4,6 +4,7 @@ bank, another user's refused bind, bank events on an undecided line."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -18,6 +19,7 @@ from gateway.connectors import CallPolicy
 from gateway.names import credit_line_name, derived_id, parse_user
 from tests.gateway.conftest import (
     ALICE,
+    ERIN,
     GATEWAY_AUDIENCE,
     Stack,
     default_consent,
@@ -203,3 +205,66 @@ async def test_a_binding_whose_code_expired_cannot_be_unbound(stack: Stack) -> N
     assert isinstance(refusal, FailedPrecondition) and refusal.reason == "BINDING_NOT_BOUND"
     shown = await sdk.get_binding(binding.name)
     assert (shown.state, shown.failure_reason) == (Binding.STATE_FAILED, "CODE_EXPIRED")
+
+
+async def test_a_confirm_racing_the_end_of_verification_sends_the_verification_id(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bank texted the code, then timed out; the partner's retry of the
+    create ends verification just as the user confirms. The right code
+    activates (the check went out with no verification id, which the bank
+    answered EXPIRED: the binding failed and the card was released)."""
+    sdk = await stack.sdk()
+    request_id = str(uuid.uuid4())
+    await stack.switch(sim.CALL_KIND_VERIFY_HOLDER, sim.MODE_TIMEOUT, times=1)
+    await refused(sdk.create_binding("u-1", ALICE, default_consent(), request_id=request_id))
+    name = "tenants/acme/users/u-1/bindings/" + derived_id("bnd", "tenants/acme/users/u-1",
+                                                           request_id)
+    code = await stack.code_for(ALICE)  # texted before the timeout
+    store = stack.gateway.bindings._store
+    reserve = store.reserve_attempt
+
+    async def reserve_after_verification(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(store, "reserve_attempt", reserve)
+        done = await sdk.create_binding("u-1", ALICE, default_consent(), request_id=request_id)
+        assert done.state == Binding.STATE_PENDING_CODE
+        return await reserve(*args, **kwargs)
+
+    monkeypatch.setattr(store, "reserve_attempt", reserve_after_verification)
+    assert (await sdk.confirm_binding(name, code)).state == Binding.STATE_ACTIVE
+
+
+async def test_a_refused_create_leaves_a_concurrent_create_its_card_claim(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two creates of one card by one user at the binding limit; the second is
+    refused (limit) while the first is between claiming the card and creating
+    its binding, and a slot frees up meanwhile. The first binding must keep the
+    card (the refusal deleted the claim: another user bound the same card and
+    both bindings became ACTIVE)."""
+    overrides = stack.folder / "thresholds.json"
+    overrides.write_text(json.dumps({"tenants": {"acme": {"max_bindings_per_user": 1}}}))
+    await stack.restart_gateway(thresholds_file=overrides)
+    sdk = await stack.sdk()
+    other = await sdk.create_binding("u-1", ERIN, default_consent())
+    first_id = str(uuid.uuid4())
+    first_bid = derived_id("bnd", "tenants/acme/users/u-1", first_id)
+    store = stack.gateway.bindings._store
+    create = store.create
+    at_gate, gate = asyncio.Event(), asyncio.Event()
+
+    async def held_create(new: Any, *args: Any) -> Any:
+        if new.name.id == first_bid:
+            at_gate.set()
+            await gate.wait()  # the card is claimed, the binding not yet created
+        return await create(new, *args)
+
+    monkeypatch.setattr(store, "create", held_create)
+    first = asyncio.ensure_future(sdk.create_binding("u-1", ALICE, default_consent(),
+                                                     request_id=first_id))
+    await at_gate.wait()
+    limit = await refused(sdk.create_binding("u-1", ALICE, default_consent()))
+    assert limit.reason == "BINDINGS_PER_USER_EXCEEDED"
+    await sdk.unbind_binding(other.name)
+    gate.set()
+    assert (await first).state == Binding.STATE_PENDING_CODE
+    taken = await refused(sdk.create_binding("u-2", ALICE, default_consent()))
+    assert taken.reason == "CARD_BOUND_TO_OTHER_USER"

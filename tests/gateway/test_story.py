@@ -215,7 +215,8 @@ async def test_a_declined_line_does_not_close(stack: Stack) -> None:
 
 @pytest.mark.parametrize("event", ["freeze", "close"])
 @pytest.mark.parametrize("reason", ["", "closed", "CLOSED BY 4111111111111111",
-                                    "CLOSED_BY_4111111111111111", "_CLOSED", "9LIVES",
+                                    "CLOSED_BY_4111111111111111",
+                                    "CLOSED_4111_1111_1111_1111", "_CLOSED", "9LIVES",
                                     "A" * 65])
 async def test_bank_event_reason_is_a_stable_code(stack: Stack, event: str,
                                                   reason: str) -> None:

@@ -29,7 +29,7 @@ from common.store_errors import STORE_UNAVAILABLE
 from tests.support.cards import card
 from tests.support.identities import Identities
 from tests.support.vault import VaultHandle, running_vault
-from vault.audit import audit_key
+from vault.audit import AuditEntry, audit_key
 from vault.config import VaultMode
 from vault.crypto import RootKey
 from vault.unseal import split_root
@@ -515,13 +515,17 @@ async def test_kept_shares_are_not_handed_out_once_another_process_replaced_them
         assert await _refused(_rotate_root(vault, shares[0], two)) == "SHARE_WRONG_SET"
 
 
-def _next_audit_write_fails(vault: VaultHandle, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Redis drops the connection on the audit log's next append script (once)."""
+def _next_audit_write_fails(vault: VaultHandle, monkeypatch: pytest.MonkeyPatch, *,
+                            landed: bool = False) -> None:
+    """Redis drops the connection on the audit log's next append script (once),
+    before running it or (``landed``) after, so that only its reply is lost."""
     audit: Any = vault.vault.service.audit
     script = audit._script
 
     async def fails_once(*args: Any, **kwargs: Any) -> Any:
         monkeypatch.setattr(audit, "_script", script)
+        if landed:
+            await script(*args, **kwargs)
         raise redis.exceptions.ConnectionError("connection reset by peer")
 
     monkeypatch.setattr(audit, "_script", fails_once)
@@ -597,3 +601,47 @@ async def test_old_shares_are_refused_after_a_rekey_whatever_identifier_it_draws
         assert done.complete  # the key tool prints "the old shares no longer work"
     async with production(redis_url, key_prefix, tmp_path, clock, identities) as vault:
         assert await refused(vault, shares[0]) == "SHARE_WRONG_SET"
+
+
+async def test_a_sealed_backlog_whose_reply_was_lost_is_written_once(
+        redis_url: str, key_prefix: str, tmp_path: Path, world: tuple[ManualClock, Identities],
+        redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write landed, its reply did not: the head shows it, so the entries
+    are not queued again (they were chained a second time)."""
+    clock, identities = world
+    async with production(redis_url, key_prefix, tmp_path, clock, identities) as vault:
+        shares = await init(vault)
+        assert await refused(vault, split_root(os.urandom(32), K, 5)[0][0]) == "SHARE_WRONG_SET"
+        for share in shares[:K - 1]:
+            await unseal(vault, share)
+        _next_audit_write_fails(vault, monkeypatch, landed=True)
+        await unseal(vault, shares[K - 1])
+        await detokenize(vault, await tokenize(vault))
+        logged: Any = await redis_client.xrange(audit_key(key_prefix))
+        actions = [(e[b"action"], e[b"result"]) for _, e in logged]
+        assert actions.count((b"root.unseal", b"SHARE_WRONG_SET")) == 1, actions
+        assert actions.count((b"root.init", b"OK")) == 1, actions
+
+
+async def test_a_long_sealed_backlog_keeps_its_order_when_a_write_fails(
+        redis_url: str, key_prefix: str, tmp_path: Path, world: tuple[ManualClock, Identities],
+        redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More entries than one write carries, and the first write fails: the
+    rest did not go ahead of it (they were chained before the failed batch)."""
+    clock, identities = world
+    async with production(redis_url, key_prefix, tmp_path, clock, identities) as vault:
+        shares = await init(vault)
+        audit = vault.vault.service.audit
+        for n in range(600):
+            await audit.append(AuditEntry(action="test.sealed", caller="test", tenant="",
+                                          token="", result="OK", time=clock.now(),
+                                          reason=f"{n:04d}"))
+        for share in shares[:K - 1]:
+            await unseal(vault, share)
+        _next_audit_write_fails(vault, monkeypatch)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await unseal(vault, shares[K - 1])
+        await detokenize(vault, await tokenize(vault))
+        logged: Any = await redis_client.xrange(audit_key(key_prefix))
+        numbered = [e[b"reason"] for _, e in logged if e[b"action"] == b"test.sealed"]
+        assert numbered == [f"{n:04d}".encode() for n in range(600)]
