@@ -85,6 +85,9 @@ CUSTODIAN_KEYS_FIELD = "custodian_public_keys"
 SHARES_ID_FIELD = "shares:id"
 SHARES_THRESHOLD_FIELD = "shares:threshold"
 SHARES_COUNT_FIELD = "shares:count"
+# The identifiers of the sets a rekey replaced under the current root: their
+# shares still rebuild it, and only the identifier tells them apart.
+SHARES_REPLACED_FIELD = "shares:replaced"
 CEREMONY_FIELD = "ceremony"  # the marker of the last completed rekey or root rotation
 MAX_SHARES = 16  # SLIP-39's limit per group
 
@@ -101,6 +104,12 @@ class ShareSet:
     threshold: int
     count: int
     root_key_id: str
+    replaced: frozenset[int] = frozenset()  # earlier sets of the same root
+
+    @property
+    def taken(self) -> frozenset[int]:
+        """Identifiers a new set of the same root must not reuse."""
+        return self.replaced | {self.identifier}
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,8 +308,10 @@ class ShamirRootKeys:
         fields = await read_fields(self._redis, self._keys_key)
         if SHARES_ID_FIELD not in fields or ROOT_FIELD not in fields:
             return None
+        replaced = fields.get(SHARES_REPLACED_FIELD, "")
         return ShareSet(int(fields[SHARES_ID_FIELD]), int(fields[SHARES_THRESHOLD_FIELD]),
-                        int(fields[SHARES_COUNT_FIELD]), fields[ROOT_FIELD])
+                        int(fields[SHARES_COUNT_FIELD]), fields[ROOT_FIELD],
+                        frozenset(int(i) for i in replaced.split(",") if i))
 
     async def state(self) -> SealState:
         await self._settle()
@@ -376,10 +387,12 @@ class ShamirRootKeys:
         new_secret = secret if kind == REKEY else new_symmetric_key()
         new = old if kind == REKEY else RootKey(new_secret)
         mnemonics, identifier = split_root(new_secret, threshold, count)
-        while identifier == shares.identifier:
-            # Shares are told apart by their set's 15-bit identifier: a rekey
-            # (same root) that drew the old one would leave the old shares valid.
+        # Shares are told apart by their set's 15-bit identifier: a rekey (same
+        # root) that drew one of an earlier set would bring that set back.
+        taken = shares.taken if kind == REKEY else frozenset()
+        while identifier in taken:
             mnemonics, identifier = split_root(new_secret, threshold, count)
+        replaced = ",".join(str(i) for i in sorted(taken))
         outcome = CeremonyOutcome(shares.threshold, shares.threshold, True,
                                   seal_shares(mnemonics, keys), new.key_id)
         del mnemonics
@@ -393,7 +406,7 @@ class ShamirRootKeys:
             rewrapped = {} if new is old else {
                 f: rewrap_entry(old, new, f, v) for f, v in fields.items()
                 if parse_entry_field(f) is not None}
-            return {**rewrapped, ROOT_FIELD: new.key_id,
+            return {**rewrapped, ROOT_FIELD: new.key_id, SHARES_REPLACED_FIELD: replaced,
                     **_share_set_fields(identifier, threshold, count)}
 
         asked = _Asked(kind, threshold, count, keys, shares.identifier)

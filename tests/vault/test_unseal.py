@@ -583,24 +583,34 @@ async def test_unsealed_process_reports_serving_after_a_failed_audit_write(
 async def test_old_shares_are_refused_after_a_rekey_whatever_identifier_it_draws(
         redis_url: str, key_prefix: str, tmp_path: Path, world: tuple[ManualClock, Identities],
         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rekeys keep the root, so every earlier set still rebuilds it and only
+    its identifier refuses it: a rekey must never draw the current set's or an
+    earlier one's (one that did brought that set back to life)."""
     clock, identities = world
     async with production(redis_url, key_prefix, tmp_path, clock, identities) as vault:
-        shares = await init(vault)
-        for share in shares[:K]:
+        first = await init(vault)
+        for share in first[:K]:
             await unseal(vault, share)
-        # The rekey draws the identifier the current set already has.
-        same = Share.from_mnemonic(shares[0]).identifier
-        forced, random = [same], shamir_mnemonic.shamir._random_identifier
+        draws = [Share.from_mnemonic(first[0]).identifier]  # the current set's
+        random = shamir_mnemonic.shamir._random_identifier
         monkeypatch.setattr(shamir_mnemonic.shamir, "_random_identifier",
-                            lambda: forced.pop() if forced else random())
-        three = custodian_keys(3)
-        for share in shares[:K]:
-            done = await vault.admin.RekeyRoot(admin_pb2.RekeyRootRequest(
-                share=share, threshold=2, share_count=3,
-                custodian_public_keys=public_keys(three)), metadata=vault.security())
-        assert done.complete  # the key tool prints "the old shares no longer work"
+                            lambda: draws.pop(0) if draws else random())
+        two, three = custodian_keys(2), custodian_keys(3)
+
+        async def rekey(shares: list[str], keys: list[X25519PrivateKey]) -> list[str]:
+            for share in shares:
+                done = await vault.admin.RekeyRoot(admin_pb2.RekeyRootRequest(
+                    share=share, threshold=2, share_count=len(keys),
+                    custodian_public_keys=public_keys(keys)), metadata=vault.security())
+            assert done.complete  # the key tool prints "the old shares no longer work"
+            return open_shares(done.sealed_shares, keys)
+
+        second = await rekey(first[:K], three)
+        draws.append(Share.from_mnemonic(first[0]).identifier)  # now an earlier set's
+        await rekey(second[:2], two)
     async with production(redis_url, key_prefix, tmp_path, clock, identities) as vault:
-        assert await refused(vault, shares[0]) == "SHARE_WRONG_SET"
+        assert await refused(vault, first[0]) == "SHARE_WRONG_SET"
+        assert await refused(vault, second[0]) == "SHARE_WRONG_SET"
 
 
 async def test_a_sealed_backlog_whose_reply_was_lost_is_written_once(
