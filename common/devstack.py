@@ -23,6 +23,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import re
 import secrets
 import shlex
 import signal
@@ -553,7 +554,13 @@ def _python_command() -> str:
     return relative if not relative.startswith("..") else sys.executable
 
 
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
+
+
 def _without_password(url: str) -> str:
+    """``url`` with its password masked, in the address or in the query
+    (``?password=``, which redis-py reads too: the usual way for a socket)."""
+    url = _QUERY_PASSWORD.sub(r"\1***", url)
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -589,8 +596,10 @@ def run(environ: Mapping[str, str] | None = None, services: Sequence[Service] = 
     env = Env(base_env)
     state = _private_dir(state_dir(base_env))
     stopping = StopRequest()
-    signal.signal(signal.SIGINT, stopping)
-    signal.signal(signal.SIGTERM, stopping)
+    # SIGHUP: the terminal went away (window closed, SSH dropped). The services
+    # and Redis run in process groups of their own, so it reaches only us.
+    for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop_signal, stopping)
 
     children: list[Child] = []
     with contextlib.ExitStack() as cleanup:

@@ -26,11 +26,14 @@ __all__ = [
 
 REDACTED = "[REDACTED]"
 
-# 12-19 digits, each optionally preceded by one space or dash, not touching
-# other digits (so a longer number is masked whole, not left partly visible).
-_DIGIT_RUN = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){11,18}(?![0-9])")
+# Between two digits of a card number as people write it: up to three of
+# space, dash, dot, slash, underscore ("4111 - 1111", "4111.1111", "4111/1111").
+_SEPARATOR = r"[\s./_-]{0,3}"
+# 12-19 digits so separated, not touching other digits (so a longer number
+# is masked whole, not left partly visible).
+_DIGIT_RUN = re.compile(rf"(?<![0-9])[0-9](?:{_SEPARATOR}[0-9]){{11,18}}(?![0-9])")
 # A longer run still hides a PAN inside; mask every digit run of 12 or more.
-_LONG_RUN = re.compile(r"[0-9](?:[ -]?[0-9]){19,}")
+_LONG_RUN = re.compile(rf"[0-9](?:{_SEPARATOR}[0-9]){{19,}}")
 
 # Attributes every LogRecord has; anything else came from ``extra=``.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {

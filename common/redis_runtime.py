@@ -7,6 +7,8 @@ first ``redis-server`` on the PATH), with its data in a folder of theirs.
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import subprocess
 import time
@@ -42,6 +44,12 @@ class PrivateRedis:
 
     With ``appendonly`` the server keeps an append-only file in ``data_dir``
     (fsync every second), so acknowledged writes survive a restart.
+
+    It asks for a password, kept in ``data_dir/password`` (0600, the same on
+    every start): loopback TCP is open to every local account, and an open
+    Redis would let any of them read the vault's keyspace or, with CONFIG
+    SET dir, write files as this user. The password reaches the server in a
+    0600 config file, never on its command line (which ``ps`` shows).
     """
 
     def __init__(self, data_dir: Path, *, port: int | None = None, appendonly: bool = True) -> None:
@@ -52,14 +60,29 @@ class PrivateRedis:
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
+    def password(self) -> str:
+        """The server's password: created on first use, then read back."""
+        path = self.data_dir / "password"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        password = secrets.token_urlsafe(24)  # URL-safe: it goes into the URLs below
+        _write_private(path, password + "\n")
+        return password
+
+    @property
     def url(self) -> str:
         if self.port is not None:
-            return f"redis://127.0.0.1:{self.port}/0"
-        return f"unix://{self.socket}?db=0"
+            return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+        return f"unix://{self.socket}?db=0&password={self.password}"
 
     def _command(self) -> list[str]:
+        config = self.data_dir / "redis.conf"
+        _write_private(config, f"requirepass {self.password}\n")
         return [
-            find_redis_server(),
+            find_redis_server(), str(config),
             "--bind", "127.0.0.1",
             "--port", str(self.port or 0),
             "--unixsocket", str(self.socket),
@@ -86,7 +109,8 @@ class PrivateRedis:
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1)
+        client = redis.Redis(unix_socket_path=str(self.socket), password=self.password,
+                             socket_timeout=1)
         try:
             while True:
                 if self._process is not None and self._process.poll() is not None:
@@ -118,3 +142,11 @@ class PrivateRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by this user only (0600 from the start)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+    path.chmod(0o600)  # an older file may have been created with another mode

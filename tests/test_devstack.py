@@ -201,6 +201,11 @@ def test_a_redis_password_is_not_printed() -> None:
     shown = devstack._without_password("redis://app:s3cret@db.example:6379/0")
     assert shown == "redis://app:***@db.example:6379/0"
     assert devstack._without_password("unix:///x/redis.sock?db=0") == "unix:///x/redis.sock?db=0"
+    # redis-py reads a password from the query too (the usual way for a socket).
+    assert devstack._without_password("unix:///x/redis.sock?db=0&password=s3cret") == (
+        "unix:///x/redis.sock?db=0&password=***")
+    assert devstack._without_password("redis://db.example:6379/0?Password=s3cret") == (
+        "redis://db.example:6379/0?Password=***")
 
 
 def test_module_available() -> None:
@@ -399,13 +404,19 @@ def test_stack_starts_reports_ready_and_stops_cleanly_on_ctrl_c(
     assert "trust.json" in log.read_text()
 
 
-def test_sigterm_stops_the_stack_too(stack_env: dict[str, str], stacks: list[Stack]) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_and_a_lost_terminal_stop_the_stack_too(
+        stack_env: dict[str, str], stacks: list[Stack], stop: signal.Signals) -> None:
+    """SIGHUP: the terminal window closed or the SSH session dropped. It reaches
+    the supervisor only (the services and Redis run in groups of their own),
+    which died of it and left them running, holding their ports."""
     stack = Stack(_devstack_command(f"({FAKE},)"), stack_env)
     stacks.append(stack)
     stack.wait_for(READY)
-    stack.process.terminate()
+    stack.process.send_signal(stop)
     code, output = stack.finish()
     assert code == 0, output
+    assert output.index("stopping fake") < output.index("stopping redis")
 
 
 def test_a_child_that_dies_stops_everything_with_an_error(
@@ -498,3 +509,34 @@ def _serve_fake() -> int:
 
 if __name__ == "__main__":
     sys.exit(_serve_fake())
+
+
+def test_the_private_redis_is_closed_to_other_local_accounts(tmp_path: Path) -> None:
+    """Loopback TCP is open to every local account: without the password kept
+    in the state folder (0600), Redis answers nothing, above all no CONFIG
+    SET dir + SAVE, which wrote a file anywhere this user may."""
+    import redis as sync_redis
+
+    from common.redis_runtime import PrivateRedis
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    with PrivateRedis(tmp_path / "redis", port=port) as server:
+        stranger = sync_redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+        try:
+            with pytest.raises(sync_redis.AuthenticationError):
+                stranger.config_set("dir", str(outside))
+        finally:
+            stranger.close()
+        assert _mode(tmp_path / "redis" / "password") == 0o600
+        assert server._process is not None  # what `ps` shows of it holds no password
+        assert server.password not in Path(f"/proc/{server._process.pid}/cmdline").read_text()
+        owner = sync_redis.Redis.from_url(server.url)
+        try:
+            assert owner.ping()
+        finally:
+            owner.close()
+    assert list(outside.iterdir()) == []
