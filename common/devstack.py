@@ -496,12 +496,12 @@ def _signal_group(process: subprocess.Popen[bytes], signum: signal.Signals) -> N
 def _stop_children(children: list[Child]) -> None:
     for child in reversed(children):
         if child.process.poll() is None:
-            print(f"stopping {child.service.name} ...", flush=True)
+            _say(f"stopping {child.service.name} ...")
             _signal_group(child.process, signal.SIGTERM)
             try:
                 child.process.wait(timeout=STOP_GRACE_S)
             except subprocess.TimeoutExpired:
-                print(f"{child.service.name} ignored SIGTERM for {STOP_GRACE_S:.0f} s; killing it")
+                _say(f"{child.service.name} ignored SIGTERM for {STOP_GRACE_S:.0f} s; killing it")
                 _signal_group(child.process, signal.SIGKILL)
                 child.process.wait()
         else:
@@ -544,8 +544,15 @@ def _redis(env: Env, state: Path, cleanup: contextlib.ExitStack) -> tuple[str, s
 
 
 def _stop_redis(server: PrivateRedis) -> None:
-    print("stopping redis ...", flush=True)
+    _say("stopping redis ...")
     server.stop()
+
+
+def _say(text: str) -> None:
+    """Print a stop-time line; a terminal that is gone (SIGHUP, then EIO on
+    every write) must not keep what follows from stopping the services."""
+    with contextlib.suppress(OSError):
+        print(text, flush=True)
 
 
 def _python_command() -> str:
@@ -596,10 +603,13 @@ def run(environ: Mapping[str, str] | None = None, services: Sequence[Service] = 
     env = Env(base_env)
     state = _private_dir(state_dir(base_env))
     stopping = StopRequest()
+    signal.signal(signal.SIGINT, stopping)
+    signal.signal(signal.SIGTERM, stopping)
     # SIGHUP: the terminal went away (window closed, SSH dropped). The services
     # and Redis run in process groups of their own, so it reaches only us.
-    for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(stop_signal, stopping)
+    # Under nohup it stays ignored: that stack is meant to outlive the session.
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, stopping)
 
     children: list[Child] = []
     with contextlib.ExitStack() as cleanup:
@@ -636,7 +646,7 @@ def run(environ: Mapping[str, str] | None = None, services: Sequence[Service] = 
                 for child in children:
                     if child.process.poll() is not None:
                         raise child.died("unexpectedly")
-            print("\nstopping on request", flush=True)
+            _say("\nstopping on request")
             return 0
         except (DevstackError, ConfigError) as error:
             # Said before the cleanup's "stopping ..." lines, so it is not missed.

@@ -1,9 +1,12 @@
 """Structured logging with a PAN-redaction safety net.
 
 Domain code never logs a card number; the filter here is the second line of
-defence: any run of 12-19 digits (optionally split by single spaces or
-dashes, as card numbers are written) is masked in the message, its args and
-the final formatted line (tracebacks included) before anything is written.
+defence: any run of 12-19 digits (optionally split by up to three spaces,
+dashes, dots, slashes or underscores, as card numbers are written) is masked
+in the message, its args and the final formatted line (tracebacks included)
+before anything is written. Some other dotted numbers with as many digits (an
+IPv4 address of four three-digit parts, an epoch time with milliseconds) are
+masked too: a safety net errs on the side of the card.
 """
 
 from __future__ import annotations

@@ -64,9 +64,11 @@ class PrivateRedis:
         """The server's password: created on first use, then read back."""
         path = self.data_dir / "password"
         try:
-            return path.read_text().strip()
+            kept = path.read_text().strip()
         except FileNotFoundError:
-            pass
+            kept = ""
+        if kept:
+            return kept
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         password = secrets.token_urlsafe(24)  # URL-safe: it goes into the URLs below
         _write_private(path, password + "\n")
@@ -145,8 +147,13 @@ class PrivateRedis:
 
 
 def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by this user only (0600 from the start)."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write ``text`` to ``path``, readable by this user only (0600 from the
+    start) and whole: written aside, then renamed, so a crash leaves the old
+    file or the new one, never an empty one."""
+    aside = path.with_name(f".{path.name}.{os.getpid()}")
+    descriptor = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as file:
         file.write(text)
-    path.chmod(0o600)  # an older file may have been created with another mode
+        file.flush()
+        os.fsync(file.fileno())
+    aside.replace(path)

@@ -269,7 +269,7 @@ class BindingService:
         )
 
     async def _reserve(self, name: ChildName, code_digest: str,
-                       request_id: str) -> tuple[str, str]:
+                       request_id: str) -> tuple[str, str, str]:
         limits = self._thresholds.for_tenant(name.tenant)
         # The attempt counter outlives the code, even under a shorter lockout:
         # else the code's attempts would start over while it is still valid.
@@ -277,12 +277,12 @@ class BindingService:
         in_flight_ms = int((self._bank_budget_s + 1.0) * 1000)
         give_up = time.monotonic() + self._bank_budget_s + 1.0
         while True:
-            status, value = await self._store.reserve_attempt(
+            status, value, verification_id = await self._store.reserve_attempt(
                 name, self._clock.now(), code_digest, bank_key("code", str(name), request_id),
                 counter_s * 1000, in_flight_ms,
             )
             if status != "BUSY":
-                return status, value
+                return status, value, verification_id
             # Another code's check is pending: wait while it is on the wire.
             if value != "1" or time.monotonic() >= give_up:
                 raise Aborted(
@@ -294,12 +294,12 @@ class BindingService:
 
     async def _confirm(self, name: ChildName, code: str, code_digest: str,
                        request_id: str) -> Binding:
-        status, value = await self._reserve(name, code_digest, request_id)
+        stored = await self._require(name)
+        # The verification id comes with the reservation: a verification may
+        # have ended since the read above (for a code the bank had texted).
+        status, value, verification_id = await self._reserve(name, code_digest, request_id)
         if status == "NOT_FOUND":
             raise _not_found()
-        # Read after the reservation: verification may have ended just before
-        # it (a code the bank had texted already), setting the verification id.
-        stored = await self._require(name)
         if status == "EXPIRED":
             await self._expired(name, stored.claim)
         if status == "STATE":
@@ -313,7 +313,7 @@ class BindingService:
         key = value  # OK or RESUME: the bank key of the check
         try:
             result = await self._bank.check_code(
-                name.tenant, stored.verification_id, code, key
+                name.tenant, verification_id, code, key
             )
         except Unavailable as error:
             # Only a check this call started: a resumed one was on the wire before.

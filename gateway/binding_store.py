@@ -105,7 +105,7 @@ local pending = redis.call('HGET', k, 'pk')
 if pending then
   if redis.call('HGET', k, 'ph') == ARGV[4] then
     redis.call('SET', flight, 1, 'PX', ARGV[7])
-    return {'RESUME', pending}
+    return {'RESUME', pending, redis.call('HGET', k, 'vid') or ''}
   end
   return {'BUSY', tostring(redis.call('EXISTS', flight))}
 end
@@ -116,7 +116,7 @@ used = redis.call('INCR', counter)
 redis.call('PEXPIRE', counter, ARGV[6])
 redis.call('HSET', k, 'att', used, 'pk', ARGV[5], 'ph', ARGV[4])
 redis.call('SET', flight, 1, 'PX', ARGV[7])
-return {'OK', ARGV[5]}
+return {'OK', ARGV[5], redis.call('HGET', k, 'vid') or ''}
 """)
 
 # The check under bank key ARGV[4] provably did nothing: give its attempt back.
@@ -165,11 +165,24 @@ return {'ACTIVE', ''}
 # binding fails and the user+card pair is locked out until ARGV[5] (clock
 # seconds) for ARGV[6] ms. STATE when the binding left PENDING_CODE meanwhile
 # (e.g. the right code won a race): nothing changes then. EXPIRED when the
-# answer came after the code expired: no attempt counts, nothing is locked.
+# answer came after the code expired: the binding stays FAILED CODE_EXPIRED,
+# but the wrong code counted (it was reserved, and the bank checked it), so
+# the last attempt still locks the pair out, unless a newer binding of the
+# card has taken over the count.
 _CODE_MISMATCH = script("""
 local bid = ARGV[3]
 local k = bkey(bid)
-if expired(bid) then return {'EXPIRED', ''} end
+local tok = redis.call('HGET', k, 'tok')
+local function lock_out()
+  redis.call('SET', base .. ':lock:' .. tok, ARGV[5], 'PX', ARGV[6])
+  redis.call('DEL', base .. ':catt:' .. tok)
+end
+if expired(bid) then
+  if attempts_left(k) == 0 and not redis.call('GET', base .. ':bcard:' .. tok) then
+    lock_out()
+  end
+  return {'EXPIRED', ''}
+end
 local state = redis.call('HGET', k, 'state')
 if state ~= 'PENDING_CODE' then return {'STATE', state or ''} end
 local left = attempts_left(k)
@@ -181,10 +194,8 @@ redis.call('HDEL', k, 'pk', 'ph')
 redis.call('HSET', k, 'mk:' .. ARGV[4], 1)
 redis.call('DEL', base .. ':bchk:' .. bid)
 if left > 0 then return {'LEFT', tostring(left)} end
-local tok = redis.call('HGET', k, 'tok')
 retire(bid, 'FAILED', 'TOO_MANY_ATTEMPTS')
-redis.call('SET', base .. ':lock:' .. tok, ARGV[5], 'PX', ARGV[6])
-redis.call('DEL', base .. ':catt:' .. tok)
+lock_out()
 return {'LOCKED', ''}
 """)
 
@@ -374,15 +385,18 @@ class BindingStore:
     async def reserve_attempt(
         self, name: ChildName, now: float, code_digest: str, new_key: str,
         counter_ms: int, in_flight_ms: int,
-    ) -> tuple[str, str]:
-        """OK/RESUME with the bank key to use; BUSY ("1" while in flight) for another
-        code's pending check; MISMATCHED (with the attempts left) when the check
-        under ``new_key`` already ended as a wrong code, LOCKED when that was the
-        last attempt; NOT_FOUND, EXPIRED, STATE (with the state), EXHAUSTED."""
-        return _pair(await self._user_script(
+    ) -> tuple[str, str, str]:
+        """OK/RESUME with the bank key to use and the verification id as of the
+        reservation (a verification may have ended just before it); BUSY ("1"
+        while in flight) for another code's pending check; MISMATCHED (with the
+        attempts left) when the check under ``new_key`` already ended as a wrong
+        code, LOCKED when that was the last attempt; NOT_FOUND, EXPIRED, STATE
+        (with the state), EXHAUSTED. The third element is '' but for OK/RESUME."""
+        reply = await self._user_script(
             "reserve", name.parent, name.id, now, code_digest, new_key, counter_ms,
             in_flight_ms,
-        ))
+        )
+        return _text(reply[0]), _text(reply[1]), _text(reply[2]) if len(reply) > 2 else ""
 
     async def refund_attempt(self, name: ChildName, now: float, key: str) -> None:
         await self._user_script("refund", name.parent, name.id, now, key)

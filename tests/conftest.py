@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -32,13 +33,13 @@ def _own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def _with_db(url: str, db: int) -> str:
     parse_url: Any = redis.connection.parse_url  # untyped in redis-py
     pool_kwargs = parse_url(url)
-    if "path" in pool_kwargs:
-        return f"unix://{pool_kwargs['path']}?db={db}"
-    host = pool_kwargs.get("host", "127.0.0.1")
-    port = pool_kwargs.get("port", 6379)
     auth = ""
     if pool_kwargs.get("password"):
-        auth = f"{pool_kwargs.get('username') or ''}:{pool_kwargs['password']}@"
+        auth = f"{pool_kwargs.get('username') or ''}:{quote(pool_kwargs['password'], safe='')}@"
+    if "path" in pool_kwargs:
+        return f"unix://{auth}{pool_kwargs['path']}?db={db}"
+    host = pool_kwargs.get("host", "127.0.0.1")
+    port = pool_kwargs.get("port", 6379)
     return f"redis://{auth}{host}:{port}/{db}"
 
 

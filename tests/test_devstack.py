@@ -9,16 +9,21 @@ skipped until `python -m vault` exists.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib
 import json
 import os
+import pty
 import queue
 import random
+import select
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -417,6 +422,57 @@ def test_sigterm_and_a_lost_terminal_stop_the_stack_too(
     code, output = stack.finish()
     assert code == 0, output
     assert output.index("stopping fake") < output.index("stopping redis")
+
+
+def _on_a_terminal(command: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+    """``command`` in a session of its own whose controlling terminal is a new
+    pty, as in a terminal window; the process and the pty's master end."""
+    master, slave = pty.openpty()
+
+    def take_the_terminal() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter
+        command, env=env, cwd=ROOT, stdin=slave, stdout=slave, stderr=slave,
+        start_new_session=True, preexec_fn=take_the_terminal)
+    os.close(slave)
+    return process, master
+
+
+def _in_session(session: int) -> list[int]:
+    """Processes still in ``session`` (field 6 of /proc/<pid>/stat)."""
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat_file.read_text().rpartition(")")[2].split()
+            if int(fields[3]) == session and fields[0] != "Z":
+                found.append(int(stat_file.parent.name))
+    return found
+
+
+def test_closing_the_terminal_stops_everything(stack_env: dict[str, str]) -> None:
+    """The window closes: SIGHUP, then every write to the terminal fails. The
+    first "stopping ..." line raised and left the services and Redis running."""
+    process, master = _on_a_terminal(_devstack_command(f"({FAKE},)"), stack_env)
+    output = b""
+    try:
+        deadline = time.monotonic() + START_BOUND_S
+        while READY.encode() not in output and time.monotonic() < deadline:
+            if select.select([master], [], [], 1)[0]:
+                output += os.read(master, 4096)
+    finally:
+        os.close(master)
+    assert READY.encode() in output, output
+    try:
+        assert process.wait(timeout=STOP_BOUND_S) == 0
+    finally:
+        left = _in_session(process.pid)
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert left == []
+    log = Path(stack_env["CARDLINK_STATE_DIR"]) / "logs" / "fake.log"
+    assert "fake: stopped by SIGTERM" in log.read_text()
 
 
 def test_a_child_that_dies_stops_everything_with_an_error(

@@ -215,8 +215,8 @@ class AuditLog:
         """Chain what was recorded while sealed (called right after unseal).
 
         One batch at a time, in order, while later appends wait: if a write
-        fails, that batch and the rest stay queued, still first, for the next
-        append (the sealed period's entries exist nowhere else).
+        fails, what it did not write and the rest stay queued, still first,
+        for the next append (the sealed period's entries exist nowhere else).
         """
         async with self._flushing:
             backlog, self._sealed_backlog = self._sealed_backlog, []
@@ -229,12 +229,23 @@ class AuditLog:
                     reason=f"{dropped} entries not kept while sealed (backlog limit "
                            f"{MAX_SEALED_BACKLOG})"))
             for start in range(0, len(backlog), _MAX_BATCH):
+                batch, rest = backlog[start:start + _MAX_BATCH], backlog[start + _MAX_BATCH:]
+                futures = [self._enqueue(entry) for entry in batch]
                 try:
-                    await asyncio.gather(*(self._enqueue(entry)
-                                           for entry in backlog[start:start + _MAX_BATCH]))
-                except Exception:
-                    self._sealed_backlog[:0] = backlog[start:]
+                    await asyncio.wait(futures)
+                except BaseException:
+                    # Cancelled: this batch is queued and the appender writes it.
+                    self._sealed_backlog[:0] = rest
                     raise
+                # Only what failed goes back: part of a batch may have shared a
+                # write with entries queued before it, and landed.
+                failed = [(entry, future) for entry, future in zip(batch, futures, strict=True)
+                          if future.cancelled() or future.exception() is not None]
+                if failed:
+                    self._sealed_backlog[:0] = [entry for entry, _ in failed] + rest
+                    first = failed[0][1]
+                    raise (None if first.cancelled() else first.exception()) or Unavailable(
+                        AUDIT_UNAVAILABLE, "the audit log is unavailable; retry")
 
     def _enqueue(self, entry: AuditEntry) -> asyncio.Future[str]:
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()

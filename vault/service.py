@@ -167,8 +167,9 @@ def _check_sealed_input(key_id: str, sealed: bytes) -> None:
 
 
 def has_card_number(text: str) -> bool:
-    """True when ``text`` holds a run of 12+ digits (optionally split by spaces or
-    dashes): the log redaction pattern of ``common.logging``, reused."""
+    """True when ``text`` holds a run of 12+ digits, however a card number is
+    written (split by spaces, dashes, dots, slashes or underscores): the log
+    redaction pattern of ``common.logging``, reused."""
     return redact(text) != text
 
 

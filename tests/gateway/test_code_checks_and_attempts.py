@@ -252,9 +252,11 @@ async def test_the_attempt_counter_outlives_the_code_under_a_short_lockout(
 
 async def test_a_wrong_code_answered_after_the_code_expired_changes_nothing(
         stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The bank's MISMATCH lands after the code expired: CODE_EXPIRED, as for
-    every code from then on. It counted as the last attempt instead, failed
-    the binding TOO_MANY_ATTEMPTS and locked the user and card out."""
+    """The bank's MISMATCH for the last attempt lands after the code expired:
+    CODE_EXPIRED, as for every code from then on, and the binding stays FAILED
+    CODE_EXPIRED (it was rewritten TOO_MANY_ATTEMPTS). The wrong code still
+    counted: the user and card are locked out, plainly, at the next create
+    (not handed a binding whose every code, the right one too, was refused)."""
     overrides = stack.folder / "thresholds.json"  # a code lifetime shorter than the bank's
     overrides.write_text(json.dumps({"tenants": {"acme": {"code_ttl_s": 60}}}))
     await stack.restart_gateway(thresholds_file=overrides)
@@ -276,5 +278,5 @@ async def test_a_wrong_code_answered_after_the_code_expired_changes_nothing(
     assert late.reason == "CODE_EXPIRED"
     failed = await sdk.get_binding(binding.name)
     assert failed.failure_reason == "CODE_EXPIRED"
-    again = await sdk.create_binding("u-1", ALICE, default_consent())  # no lockout
-    assert again.state == Binding.STATE_PENDING_CODE
+    locked = await refused(sdk.create_binding("u-1", ALICE, default_consent()))
+    assert isinstance(locked, ResourceExhausted) and locked.reason == "BINDING_LOCKED_OUT"

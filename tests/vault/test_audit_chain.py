@@ -12,16 +12,19 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 from hypothesis import given
 from hypothesis import strategies as st
 
 from cardlink.vault.v1 import admin_pb2, vault_pb2
 from common.clock import ManualClock
+from common.errors import CardLinkError
 from common.grpc_errors import error_from_rpc
 from tests.support.cards import card, numbered_card
 from tests.support.vault import VaultHandle
 from tests.vault.test_store_service import make_service
 from vault.audit import FIELDS, AuditEntry, AuditLog, audit_head_key, audit_key, chain_payload
+from vault.keyring import DevKeyFile, Keyring
 
 ENTRIES = 12
 AT = 5
@@ -333,3 +336,73 @@ async def test_a_process_with_a_stale_head_cannot_break_the_chain(
     finally:
         await log1.aclose()
         await log2.aclose()
+
+
+async def _sealed_log(redis_client: aioredis.Redis, key_prefix: str, key_file: Path,
+                      entries: int, monkeypatch: pytest.MonkeyPatch) -> AuditLog:
+    """An audit log holding ``entries`` numbered entries recorded while sealed."""
+    keyring = Keyring(redis_client, prefix=key_prefix, root_keys=DevKeyFile(key_file),
+                      clock=ManualClock(1_800_000_000.0), create_if_missing=True)
+    await keyring.snapshot()
+    log = AuditLog(redis_client, prefix=key_prefix, keyring=keyring)
+    with monkeypatch.context() as sealed:
+        sealed.setattr(Keyring, "sealed", property(lambda self: True))
+        for n in range(entries):
+            await log.append(AuditEntry("call.refused", "x", "", "", "R", float(n),
+                                        reason=f"{n:05d}"))
+    return log
+
+
+async def _refused_reasons(redis_client: aioredis.Redis, log: AuditLog) -> list[bytes]:
+    stored: Any = await redis_client.xrange(log.key)
+    return [e[b"reason"] for _, e in stored if e[b"action"] == b"call.refused"]
+
+
+async def test_a_cancelled_backlog_flush_loses_no_entry(
+        redis_client: aioredis.Redis, key_prefix: str, key_file: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The call that runs the flush is cancelled (a client deadline) between
+    batches: the batches not yet queued stay for the next append (they were
+    dropped)."""
+    log = await _sealed_log(redis_client, key_prefix, key_file, 2000, monkeypatch)
+    flush = asyncio.ensure_future(log.flush_backlog())
+    await asyncio.sleep(0)  # one loop turn: the flush queues its first batch
+    assert log._queue
+    flush.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flush
+    await log.append(AuditEntry("later", "x", "", "", "OK", 1.0))
+    try:
+        assert await _refused_reasons(redis_client, log) == [
+            f"{n:05d}".encode() for n in range(2000)]
+    finally:
+        await log.aclose()
+
+
+async def test_a_backlog_batch_written_in_two_parts_is_not_written_twice(
+        redis_client: aioredis.Redis, key_prefix: str, key_file: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entries queued before the flush push part of its batch into a second
+    write; the first write fails, the second lands: only the failed part goes
+    back (the whole batch did, and its landed part was written twice)."""
+    log = await _sealed_log(redis_client, key_prefix, key_file, 512, monkeypatch)
+    early = [log._enqueue(AuditEntry("early", "x", "", "", "OK", 0.0)) for _ in range(10)]
+    script = log._script
+    calls: list[int] = []
+
+    async def first_write_fails(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise redis.exceptions.ConnectionError("connection reset by peer")
+        return await script(*args, **kwargs)
+
+    monkeypatch.setattr(log, "_script", first_write_fails)
+    with pytest.raises(CardLinkError):
+        await log.flush_backlog()
+    await asyncio.gather(*early, return_exceptions=True)
+    await log.flush_backlog()
+    try:
+        reasons = await _refused_reasons(redis_client, log)
+        assert sorted(reasons) == [f"{n:05d}".encode() for n in range(512)]
+    finally:
+        await log.aclose()
