@@ -33,16 +33,23 @@ from gateway.models import Binding, BindingState, CardDisplay, Consent
 from gateway.names import ChildName, UserName
 
 _CREATE = script("""
-local bid, tok, max_live = ARGV[3], ARGV[4], tonumber(ARGV[5])
+local bid, tok, max_live, max_att = ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 sweep()
 local lock = redis.call('GET', base .. ':lock:' .. tok)
 if lock and tonumber(lock) > now then return {'LOCKED', lock} end
 local existing = redis.call('GET', base .. ':bcard:' .. tok)
 if existing then return {'EXISTS', existing} end
 if redis.call('EXISTS', bkey(bid)) == 1 then return {'EXISTS', bid} end
+-- Every attempt on this card used up without a lockout (the last answer came
+-- after its code expired): a new binding would refuse every code, the right
+-- one too. Say so plainly, until the count expires.
+local counter = base .. ':catt:' .. tok
+if tonumber(redis.call('GET', counter) or '0') >= max_att then
+  return {'LOCKED', tostring(now + math.max(redis.call('PTTL', counter), 1000) / 1000)}
+end
 if redis.call('SCARD', base .. ':blive') >= max_live then return {'LIMIT', ''} end
 local seq = redis.call('INCR', base .. ':seq')
-redis.call('HSET', bkey(bid), 'seq', seq, unpack(ARGV, 6))
+redis.call('HSET', bkey(bid), 'seq', seq, unpack(ARGV, 7))
 redis.call('ZADD', base .. ':bidx', seq, bid)
 redis.call('SADD', base .. ':blive', bid)
 redis.call('SET', base .. ':bcard:' .. tok, bid)
@@ -165,24 +172,13 @@ return {'ACTIVE', ''}
 # binding fails and the user+card pair is locked out until ARGV[5] (clock
 # seconds) for ARGV[6] ms. STATE when the binding left PENDING_CODE meanwhile
 # (e.g. the right code won a race): nothing changes then. EXPIRED when the
-# answer came after the code expired: the binding stays FAILED CODE_EXPIRED,
-# but the wrong code counted (it was reserved, and the bank checked it), so
-# the last attempt still locks the pair out, unless a newer binding of the
-# card has taken over the count.
+# answer came after the code expired: the binding stays FAILED CODE_EXPIRED;
+# the wrong code still counted (it was reserved), and a create that finds the
+# card's attempts used up says BINDING_LOCKED_OUT (see _CREATE).
 _CODE_MISMATCH = script("""
 local bid = ARGV[3]
 local k = bkey(bid)
-local tok = redis.call('HGET', k, 'tok')
-local function lock_out()
-  redis.call('SET', base .. ':lock:' .. tok, ARGV[5], 'PX', ARGV[6])
-  redis.call('DEL', base .. ':catt:' .. tok)
-end
-if expired(bid) then
-  if attempts_left(k) == 0 and not redis.call('GET', base .. ':bcard:' .. tok) then
-    lock_out()
-  end
-  return {'EXPIRED', ''}
-end
+if expired(bid) then return {'EXPIRED', ''} end
 local state = redis.call('HGET', k, 'state')
 if state ~= 'PENDING_CODE' then return {'STATE', state or ''} end
 local left = attempts_left(k)
@@ -194,8 +190,10 @@ redis.call('HDEL', k, 'pk', 'ph')
 redis.call('HSET', k, 'mk:' .. ARGV[4], 1)
 redis.call('DEL', base .. ':bchk:' .. bid)
 if left > 0 then return {'LEFT', tostring(left)} end
+local tok = redis.call('HGET', k, 'tok')
 retire(bid, 'FAILED', 'TOO_MANY_ATTEMPTS')
-lock_out()
+redis.call('SET', base .. ':lock:' .. tok, ARGV[5], 'PX', ARGV[6])
+redis.call('DEL', base .. ':catt:' .. tok)
 return {'LOCKED', ''}
 """)
 
@@ -360,7 +358,8 @@ class BindingStore:
         }
         flat = [item for pair in fields.items() for item in pair]
         reply = await self._user_script(
-            "create", new.name.parent, new.name.id, now, new.token, max_live, *flat
+            "create", new.name.parent, new.name.id, now, new.token, max_live,
+            new.max_attempts, *flat
         )
         return _pair(reply)
 

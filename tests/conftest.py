@@ -35,7 +35,8 @@ def _with_db(url: str, db: int) -> str:
     pool_kwargs = parse_url(url)
     auth = ""
     if pool_kwargs.get("password"):
-        auth = f"{pool_kwargs.get('username') or ''}:{quote(pool_kwargs['password'], safe='')}@"
+        user = quote(pool_kwargs.get("username") or "", safe="")
+        auth = f"{user}:{quote(pool_kwargs['password'], safe='')}@"
     if "path" in pool_kwargs:
         return f"unix://{auth}{pool_kwargs['path']}?db={db}"
     host = pool_kwargs.get("host", "127.0.0.1")

@@ -10,7 +10,6 @@ skipped until `python -m vault` exists.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib
 import json
 import os
@@ -23,7 +22,6 @@ import socket
 import stat
 import subprocess
 import sys
-import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -424,19 +422,25 @@ def test_sigterm_and_a_lost_terminal_stop_the_stack_too(
     assert output.index("stopping fake") < output.index("stopping redis")
 
 
-def _on_a_terminal(command: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
+# Opening a terminal makes it the controlling terminal of a session leader
+# that has none: the child opens the pty by name, then runs the command.
+_ON_TERMINAL = ("import os, sys\n"
+                "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+                "for n in (0, 1, 2):\n"
+                "    os.dup2(fd, n)\n"
+                "os.execv(sys.argv[2], sys.argv[2:])\n")
+
+
+def _on_a_terminal(command: list[str],
+                   env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int, int]:
     """``command`` in a session of its own whose controlling terminal is a new
-    pty, as in a terminal window; the process and the pty's master end."""
+    pty, as in a terminal window; the process and the pty's two ends (keep
+    the second open until the child has it, or reads of the first fail)."""
     master, slave = pty.openpty()
-
-    def take_the_terminal() -> None:
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
     process = subprocess.Popen(  # noqa: S603 - our own interpreter
-        command, env=env, cwd=ROOT, stdin=slave, stdout=slave, stderr=slave,
-        start_new_session=True, preexec_fn=take_the_terminal)
-    os.close(slave)
-    return process, master
+        [sys.executable, "-c", _ON_TERMINAL, os.ttyname(slave), *command], env=env, cwd=ROOT,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+    return process, master, slave
 
 
 def _in_session(session: int) -> list[int]:
@@ -453,19 +457,26 @@ def _in_session(session: int) -> list[int]:
 def test_closing_the_terminal_stops_everything(stack_env: dict[str, str]) -> None:
     """The window closes: SIGHUP, then every write to the terminal fails. The
     first "stopping ..." line raised and left the services and Redis running."""
-    process, master = _on_a_terminal(_devstack_command(f"({FAKE},)"), stack_env)
+    process, master, slave = _on_a_terminal(_devstack_command(f"({FAKE},)"), stack_env)
     output = b""
     try:
         deadline = time.monotonic() + START_BOUND_S
-        while READY.encode() not in output and time.monotonic() < deadline:
-            if select.select([master], [], [], 1)[0]:
-                output += os.read(master, 4096)
-    finally:
-        os.close(master)
-    assert READY.encode() in output, output
-    try:
+        with contextlib.suppress(OSError):  # EIO: the stack ended early
+            while READY.encode() not in output and time.monotonic() < deadline:
+                if select.select([master], [], [], 1)[0]:
+                    output += os.read(master, 4096)
+        os.close(slave)
+        os.close(master)  # the window closes
+        master = slave = -1
+        assert READY.encode() in output, output
         assert process.wait(timeout=STOP_BOUND_S) == 0
     finally:
+        for end in (slave, master):
+            if end >= 0:
+                os.close(end)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
         left = _in_session(process.pid)
         for pid in left:
             with contextlib.suppress(ProcessLookupError):

@@ -231,21 +231,34 @@ class AuditLog:
             for start in range(0, len(backlog), _MAX_BATCH):
                 batch, rest = backlog[start:start + _MAX_BATCH], backlog[start + _MAX_BATCH:]
                 futures = [self._enqueue(entry) for entry in batch]
+                written = asyncio.ensure_future(asyncio.wait(futures))
                 try:
-                    await asyncio.wait(futures)
-                except BaseException:
-                    # Cancelled: this batch is queued and the appender writes it.
-                    self._sealed_backlog[:0] = rest
+                    await asyncio.shield(written)
+                except asyncio.CancelledError:
+                    # The caller gave up (a deadline): the queued batch is still
+                    # settled, and what it did not write kept, before giving up.
+                    await written
+                    self._keep_unwritten(batch, futures, rest)
                     raise
-                # Only what failed goes back: part of a batch may have shared a
-                # write with entries queued before it, and landed.
-                failed = [(entry, future) for entry, future in zip(batch, futures, strict=True)
-                          if future.cancelled() or future.exception() is not None]
-                if failed:
-                    self._sealed_backlog[:0] = [entry for entry, _ in failed] + rest
-                    first = failed[0][1]
-                    raise (None if first.cancelled() else first.exception()) or Unavailable(
-                        AUDIT_UNAVAILABLE, "the audit log is unavailable; retry")
+                failure = self._keep_unwritten(batch, futures, rest)
+                if failure is not None:
+                    raise failure
+
+    def _keep_unwritten(self, batch: list[AuditEntry], futures: list[asyncio.Future[str]],
+                        rest: list[AuditEntry]) -> BaseException | None:
+        """Put back, first, the batch's entries that were not written and the
+        rest of the backlog; the first failure, if any. Only what failed goes
+        back: part of a batch may have shared a write with earlier entries."""
+        failed = [(entry, future) for entry, future in zip(batch, futures, strict=True)
+                  if future.cancelled() or future.exception() is not None]
+        unwritten = [entry for entry, _ in failed]
+        if unwritten or rest:
+            self._sealed_backlog[:0] = unwritten + rest
+        if not failed:
+            return None
+        first = failed[0][1]
+        return (None if first.cancelled() else first.exception()) or Unavailable(
+            AUDIT_UNAVAILABLE, "the audit log is unavailable; retry")
 
     def _enqueue(self, entry: AuditEntry) -> asyncio.Future[str]:
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -259,6 +272,12 @@ class AuditLog:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        # Nobody writes them now: their callers must not wait for ever.
+        closed = Unavailable(AUDIT_UNAVAILABLE, "the audit log is closed")
+        for _, future in self._queue:
+            if not future.done():
+                future.set_exception(closed)
+        self._queue.clear()
 
     async def _appender(self) -> None:
         # Runs while there is work and ends when the queue is empty; the next
@@ -269,6 +288,13 @@ class AuditLog:
             batch, self._queue = self._queue[:_MAX_BATCH], self._queue[_MAX_BATCH:]
             try:
                 ids = await self._write([entry for entry, _ in batch])
+            except asyncio.CancelledError:
+                # Closing mid-write (outcome unknown): no caller may wait for ever.
+                closed = Unavailable(AUDIT_UNAVAILABLE, "the audit log is closed")
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(closed)
+                raise
             except Exception as error:
                 self._head = None  # the write may have landed: re-read the head
                 failure = error if isinstance(error, CardLinkError) else Unavailable(

@@ -3,6 +3,7 @@ work, pending checks, per-card and per-user counters, code fingerprints."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import uuid
@@ -250,13 +251,13 @@ async def test_the_attempt_counter_outlives_the_code_under_a_short_lockout(
     assert await stack.redis.pttl(counter) > 299_000  # the default code lifetime: 300 s
 
 
-async def test_a_wrong_code_answered_after_the_code_expired_changes_nothing(
+async def test_a_wrong_last_code_answered_after_the_code_expired_locks_out_plainly(
         stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     """The bank's MISMATCH for the last attempt lands after the code expired:
     CODE_EXPIRED, as for every code from then on, and the binding stays FAILED
     CODE_EXPIRED (it was rewritten TOO_MANY_ATTEMPTS). The wrong code still
-    counted: the user and card are locked out, plainly, at the next create
-    (not handed a binding whose every code, the right one too, was refused)."""
+    counted: the next create is refused BINDING_LOCKED_OUT, plainly (not
+    handed a binding whose every code, the right one too, is refused)."""
     overrides = stack.folder / "thresholds.json"  # a code lifetime shorter than the bank's
     overrides.write_text(json.dumps({"tenants": {"acme": {"code_ttl_s": 60}}}))
     await stack.restart_gateway(thresholds_file=overrides)
@@ -280,3 +281,36 @@ async def test_a_wrong_code_answered_after_the_code_expired_changes_nothing(
     assert failed.failure_reason == "CODE_EXPIRED"
     locked = await refused(sdk.create_binding("u-1", ALICE, default_consent()))
     assert isinstance(locked, ResourceExhausted) and locked.reason == "BINDING_LOCKED_OUT"
+
+
+async def test_a_create_while_the_last_attempt_is_out_is_locked_out_plainly(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last attempt is on its way to the bank when the code expires, and
+    the user starts again: refused BINDING_LOCKED_OUT (a new binding was
+    handed out with no attempts left, refusing even the right code)."""
+    overrides = stack.folder / "thresholds.json"
+    overrides.write_text(json.dumps({"tenants": {"acme": {"code_ttl_s": 60}}}))
+    await stack.restart_gateway(thresholds_file=overrides)
+    sdk = await stack.sdk()
+    binding = await sdk.create_binding("u-1", ALICE, default_consent())
+    code = await stack.code_for(ALICE)
+    for n in (1, 2):
+        await refused(sdk.confirm_binding(binding.name, _wrong(code, n)))
+    bank = stack.gateway.bindings._bank
+    check_code = bank.check_code
+    answered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_bank(*args: Any) -> Any:
+        result = await check_code(*args)
+        answered.set()
+        await release.wait()
+        return result
+
+    monkeypatch.setattr(bank, "check_code", slow_bank)
+    last = asyncio.ensure_future(refused(sdk.confirm_binding(binding.name, _wrong(code, 3))))
+    await answered.wait()
+    stack.clock.advance(61)  # the code expires while the answer is on its way
+    again = await refused(sdk.create_binding("u-1", ALICE, default_consent()))
+    assert isinstance(again, ResourceExhausted) and again.reason == "BINDING_LOCKED_OUT"
+    release.set()
+    assert (await last).reason == "CODE_EXPIRED"

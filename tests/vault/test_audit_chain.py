@@ -406,3 +406,55 @@ async def test_a_backlog_batch_written_in_two_parts_is_not_written_twice(
         assert sorted(reasons) == [f"{n:05d}".encode() for n in range(512)]
     finally:
         await log.aclose()
+
+
+async def test_a_cancelled_flush_keeps_what_its_queued_batch_failed_to_write(
+        redis_client: aioredis.Redis, key_prefix: str, key_file: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow Redis: the caller's deadline cancels the flush while its batch is
+    being written, and that write then fails. The batch stays for the next
+    append (it was left to the appender, whose failure nobody kept)."""
+    log = await _sealed_log(redis_client, key_prefix, key_file, 600, monkeypatch)
+    script = log._script
+    writing, fail = asyncio.Event(), asyncio.Event()
+
+    async def slow_then_failing(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(log, "_script", script)
+        writing.set()
+        await fail.wait()
+        raise redis.exceptions.ConnectionError("connection reset by peer")
+
+    monkeypatch.setattr(log, "_script", slow_then_failing)
+    flush = asyncio.ensure_future(log.flush_backlog())
+    await writing.wait()
+    flush.cancel()
+    fail.set()
+    with pytest.raises(asyncio.CancelledError):
+        await flush
+    await log.append(AuditEntry("later", "x", "", "", "OK", 1.0))
+    try:
+        assert await _refused_reasons(redis_client, log) == [
+            f"{n:05d}".encode() for n in range(600)]
+    finally:
+        await log.aclose()
+
+
+async def test_closing_the_log_during_a_flush_leaves_no_one_waiting(
+        redis_client: aioredis.Redis, key_prefix: str, key_file: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shutdown cancels the appender mid-write: the flush ends with an error
+    (it waited for ever, holding the lock every later append waits on)."""
+    log = await _sealed_log(redis_client, key_prefix, key_file, 600, monkeypatch)
+    writing = asyncio.Event()
+
+    async def hanging(*args: Any, **kwargs: Any) -> Any:
+        writing.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(log, "_script", hanging)
+    flush = asyncio.ensure_future(log.flush_backlog())
+    await writing.wait()
+    await log.aclose()
+    async with asyncio.timeout(30):  # a hang guard, not a measurement
+        with pytest.raises(CardLinkError):
+            await flush
