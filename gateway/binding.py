@@ -12,9 +12,10 @@ verifies and sends a code once.
 
 A code check is recorded on the binding (bank key + code HMAC) before the bank
 sees it and counts an attempt at once. Only a bank that provably did nothing
-(unreachable after the connector's retries, or an INTERNAL answer) gets the
-attempt back; after a timeout the check stays pending, and the next confirm
-of the same code - any request id - resumes it with the same bank key, while
+(unreachable after the connector's retries, or an INTERNAL answer, for a
+check this call started) or judged no code (EXPIRED) gets the attempt back;
+after a timeout the check stays pending, and the next confirm of the same
+code - any request id - resumes it with the same bank key, while
 another code waits for it (bounded) and then gets ABORTED CODE_CHECK_PENDING.
 The card claim is released only for a binding that left its live states
 (by the call whose script made the transition, or by a later confirm that
@@ -354,6 +355,9 @@ class BindingService:
                 return await self._not_pending(name, state)
             return await self._get(name)
         if result is CodeResult.EXPIRED:
+            # The bank judged no code: the attempt is given back before the
+            # binding fails (else a third one, so spent, locked the card out).
+            await self._store.refund_attempt(name, now, key)
             if await self._store.retire(name, now, BindingState.FAILED, "CODE_EXPIRED",
                                         [BindingState.PENDING_CODE]):
                 await self._release_card(name, stored.claim)

@@ -158,7 +158,11 @@ return 1
 _CODE_MATCH = script("""
 local bid = ARGV[3]
 local k = bkey(bid)
-if expired(bid) then return {'EXPIRED', ''} end
+if expired(bid) then
+  -- The right code, late: the user knew it, so no attempt counts against them.
+  redis.call('DEL', base .. ':catt:' .. redis.call('HGET', k, 'tok'))
+  return {'EXPIRED', ''}
+end
 local state = redis.call('HGET', k, 'state')
 if state ~= 'PENDING_CODE' then return {'STATE', state or ''} end
 redis.call('HSET', k, 'state', 'ACTIVE', 'mtime', now)

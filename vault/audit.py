@@ -235,9 +235,12 @@ class AuditLog:
                 try:
                     await asyncio.shield(written)
                 except asyncio.CancelledError:
-                    # The caller gave up (a deadline): the queued batch is still
-                    # settled, and what it did not write kept, before giving up.
-                    await written
+                    # The caller gave up (a deadline, then perhaps shutdown): the
+                    # queued batch is still settled, and what it did not write
+                    # kept, before giving up. A write ends within the Redis timeout.
+                    while not written.done():
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await asyncio.shield(written)
                     self._keep_unwritten(batch, futures, rest)
                     raise
                 failure = self._keep_unwritten(batch, futures, rest)

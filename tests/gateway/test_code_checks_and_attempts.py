@@ -314,3 +314,38 @@ async def test_a_create_while_the_last_attempt_is_out_is_locked_out_plainly(
     assert isinstance(again, ResourceExhausted) and again.reason == "BINDING_LOCKED_OUT"
     release.set()
     assert (await last).reason == "CODE_EXPIRED"
+
+
+async def test_a_right_code_answered_late_or_a_code_the_bank_calls_expired_locks_nothing(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two wrong codes, then a third check the bank judges no wrong code: the
+    right code answered after the code expired, or the bank's EXPIRED. Both
+    answer CODE_EXPIRED and leave the card free to bind again (the third
+    attempt stayed counted and the next create was locked out)."""
+    overrides = stack.folder / "thresholds.json"  # the gateway's code outlives the bank's
+    overrides.write_text(json.dumps({"tenants": {"acme": {"code_ttl_s": 600}}}))
+    await stack.restart_gateway(thresholds_file=overrides)
+    sdk = await stack.sdk()
+    bank = stack.gateway.bindings._bank
+    check_code = bank.check_code
+    for late in (True, False):
+        binding = await sdk.create_binding("u-1", ALICE, default_consent())
+        code = await stack.code_for(ALICE)
+        for n in (1, 2):
+            await refused(sdk.confirm_binding(binding.name, _wrong(code, n)))
+
+        async def third_check(*args: Any, late: bool = late) -> Any:
+            if late:  # the right code: the gateway's code expires on the way back
+                result = await check_code(*args)
+                stack.clock.advance(601)
+                return result
+            stack.clock.advance(301)  # the bank's code (300 s) has expired, ours not
+            return await check_code(*args)
+
+        monkeypatch.setattr(bank, "check_code", third_check)
+        answer = await refused(sdk.confirm_binding(binding.name, code))
+        assert answer.reason == "CODE_EXPIRED"
+        monkeypatch.setattr(bank, "check_code", check_code)
+        again = await sdk.create_binding("u-1", ALICE, default_consent())
+        assert again.state == Binding.STATE_PENDING_CODE
+        await sdk.unbind_binding(again.name)

@@ -458,3 +458,35 @@ async def test_closing_the_log_during_a_flush_leaves_no_one_waiting(
     async with asyncio.timeout(30):  # a hang guard, not a measurement
         with pytest.raises(CardLinkError):
             await flush
+
+
+async def test_a_flush_cancelled_twice_still_keeps_what_it_did_not_write(
+        redis_client: aioredis.Redis, key_prefix: str, key_file: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deadline, then shutdown: a second cancel while the batch settles. It
+    dropped the batch and the rest of the backlog."""
+    log = await _sealed_log(redis_client, key_prefix, key_file, 600, monkeypatch)
+    script = log._script
+    writing, fail = asyncio.Event(), asyncio.Event()
+
+    async def slow_then_failing(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(log, "_script", script)
+        writing.set()
+        await fail.wait()
+        raise redis.exceptions.ConnectionError("connection reset by peer")
+
+    monkeypatch.setattr(log, "_script", slow_then_failing)
+    flush = asyncio.ensure_future(log.flush_backlog())
+    await writing.wait()
+    flush.cancel()
+    await asyncio.sleep(0)  # one loop turn: the flush sees the first cancel
+    flush.cancel()
+    fail.set()
+    with pytest.raises(asyncio.CancelledError):
+        await flush
+    await log.append(AuditEntry("later", "x", "", "", "OK", 1.0))
+    try:
+        assert await _refused_reasons(redis_client, log) == [
+            f"{n:05d}".encode() for n in range(600)]
+    finally:
+        await log.aclose()
