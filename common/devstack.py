@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 import grpc
@@ -548,11 +548,12 @@ def _stop_redis(server: PrivateRedis) -> None:
     server.stop()
 
 
-def _say(text: str) -> None:
-    """Print a stop-time line; a terminal that is gone (SIGHUP, then EIO on
-    every write) must not keep what follows from stopping the services."""
+def _say(text: str, *, file: TextIO | None = None) -> None:
+    """Print a line of the supervisor's; a terminal that is gone (SIGHUP, then
+    EIO on every write, even amid a line) must not keep the supervisor from
+    stopping the services."""
     with contextlib.suppress(OSError):
-        print(text, flush=True)
+        print(text, file=file or sys.stdout, flush=True)
 
 
 def _python_command() -> str:
@@ -629,11 +630,8 @@ def run(environ: Mapping[str, str] | None = None, services: Sequence[Service] = 
                 if stopping.requested:
                     return 0
                 if not module_available(service.module):
-                    print(
-                        f"{service.name}: module {service.module} not found "
-                        f"(arrives with {service.arrives_with}); skipped",
-                        flush=True,
-                    )
+                    _say(f"{service.name}: module {service.module} not found "
+                         f"(arrives with {service.arrives_with}); skipped")
                     continue
                 child = _start(service, env, child_env, keys, state)
                 children.append(child)
@@ -641,7 +639,7 @@ def run(environ: Mapping[str, str] | None = None, services: Sequence[Service] = 
                     return 0
                 _publish(child, state)
                 child_env[f"{service.env_prefix}_TARGET"] = child.listen
-            print(_banner(state, redis_line, redis_url, children), flush=True)
+            _say(_banner(state, redis_line, redis_url, children))
             while not stopping.wait(POLL_S * 2):
                 for child in children:
                     if child.process.poll() is not None:
@@ -650,7 +648,7 @@ def run(environ: Mapping[str, str] | None = None, services: Sequence[Service] = 
             return 0
         except (DevstackError, ConfigError) as error:
             # Said before the cleanup's "stopping ..." lines, so it is not missed.
-            print(f"make run: {error}", file=sys.stderr, flush=True)
+            _say(f"make run: {error}", file=sys.stderr)
             return 1
 
 
@@ -674,7 +672,7 @@ def _start(
         own_env["CARDLINK_JWT_KEY_ID"] = keys[service.issuer].kid
     if service.name == "gateway" and "CARDLINK_GATEWAY_FINGERPRINT_SECRET" not in own_env:
         own_env["CARDLINK_GATEWAY_FINGERPRINT_SECRET"] = dev_fingerprint_secret(state)
-    print(f"starting {service.name} on {listen} ...", flush=True)
+    _say(f"starting {service.name} on {listen} ...")
     return _spawn(service, listen, own_env, _private_dir(state / "logs"))
 
 
