@@ -133,6 +133,22 @@ class AuditSink(Protocol):
     async def append(self, entry: AuditEntry) -> str: ...
 
 
+def _unavailable() -> Unavailable:
+    return Unavailable(AUDIT_UNAVAILABLE, "the audit log is unavailable; retry")
+
+
+def _closed() -> Unavailable:
+    return Unavailable(AUDIT_UNAVAILABLE, "the audit log is closed")
+
+
+def _fail(queued: Iterable[tuple[AuditEntry, asyncio.Future[str]]],
+          error: BaseException) -> None:
+    """Fail every entry's write still waiting, with ``error``."""
+    for _, future in queued:
+        if not future.done():
+            future.set_exception(error)
+
+
 def audit_key(prefix: str) -> str:
     return f"{prefix}:vault:{{audit}}:log"
 
@@ -260,8 +276,7 @@ class AuditLog:
         if not failed:
             return None
         first = failed[0][1]
-        return (None if first.cancelled() else first.exception()) or Unavailable(
-            AUDIT_UNAVAILABLE, "the audit log is unavailable; retry")
+        return (None if first.cancelled() else first.exception()) or _unavailable()
 
     def _enqueue(self, entry: AuditEntry) -> asyncio.Future[str]:
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -276,10 +291,7 @@ class AuditLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         # Nobody writes them now: their callers must not wait for ever.
-        closed = Unavailable(AUDIT_UNAVAILABLE, "the audit log is closed")
-        for _, future in self._queue:
-            if not future.done():
-                future.set_exception(closed)
+        _fail(self._queue, _closed())
         self._queue.clear()
 
     async def _appender(self) -> None:
@@ -293,18 +305,11 @@ class AuditLog:
                 ids = await self._write([entry for entry, _ in batch])
             except asyncio.CancelledError:
                 # Closing mid-write (outcome unknown): no caller may wait for ever.
-                closed = Unavailable(AUDIT_UNAVAILABLE, "the audit log is closed")
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(closed)
+                _fail(batch, _closed())
                 raise
             except Exception as error:
                 self._head = None  # the write may have landed: re-read the head
-                failure = error if isinstance(error, CardLinkError) else Unavailable(
-                    AUDIT_UNAVAILABLE, "the audit log is unavailable; retry")
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(failure)
+                _fail(batch, error if isinstance(error, CardLinkError) else _unavailable())
                 continue
             for (_, future), entry_id in zip(batch, ids, strict=True):
                 if not future.done():
