@@ -8,6 +8,7 @@ code expiry and lockouts move only when a test says so).
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -122,6 +123,12 @@ class Stack:
         latency.FromNanoseconds(int(latency_s * 1e9))
         await self.control.SetBehavior(sim.SetBehaviorRequest(
             kind=kind, mode=mode, added_latency=latency, times=times))
+
+    async def restart_with_thresholds(self, **acme: int) -> None:
+        """Restart the gateway with tenant ``acme``'s thresholds overridden."""
+        overrides = self.folder / "thresholds.json"
+        overrides.write_text(json.dumps({"tenants": {"acme": acme}}))
+        await self.restart_gateway(thresholds_file=overrides)
 
     async def restart_gateway(self, **changes: Any) -> None:
         await self.gateway.stop(0.2)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,13 @@ import pytest
 
 from cardlink.bank.v1 import simulator_pb2 as sim
 from cardlink.gateway.v1 import resources_pb2
-from clients.sdk import Aborted, FailedPrecondition, InvalidArgument, ResourceExhausted
+from clients.sdk import (
+    Aborted,
+    FailedPrecondition,
+    InvalidArgument,
+    PartnerClient,
+    ResourceExhausted,
+)
 from common.config import ConfigError
 from gateway.config import GatewayConfig
 from gateway.connectors import CallPolicy
@@ -27,6 +32,17 @@ Binding = resources_pb2.Binding
 
 def _wrong(code: str, n: int = 0) -> str:
     return next(c for c in (f"{n}0000{n}", "000000", "111111") if c != code)
+
+
+async def _two_wrong_codes(stack: Stack,
+                           sdk: PartnerClient) -> tuple[resources_pb2.Binding, str]:
+    """User u-1's new binding of ALICE after two wrong codes (one attempt of
+    the default three left), and its right code."""
+    binding = await sdk.create_binding("u-1", ALICE, default_consent())
+    code = await stack.code_for(ALICE)
+    for n in (1, 2):
+        await refused(sdk.confirm_binding(binding.name, _wrong(code, n)))
+    return binding, code
 
 
 async def test_unreachable_bank_gives_the_attempt_back(stack: Stack) -> None:
@@ -63,9 +79,7 @@ async def test_another_code_waits_for_a_check_of_unknown_outcome(stack: Stack) -
 
 async def test_refused_strangers_do_not_use_up_card_attempts(stack: Stack) -> None:
     """Finding 4: the per-card attempt counter moves only for a successful claim."""
-    overrides = stack.folder / "thresholds.json"
-    overrides.write_text(json.dumps({"tenants": {"acme": {"max_card_attempts": 2}}}))
-    await stack.restart_gateway(thresholds_file=overrides)
+    await stack.restart_with_thresholds(max_card_attempts=2)
     sdk = await stack.sdk()
     first = await sdk.create_binding("u-1", ALICE, default_consent())
     for user in ("u-2", "u-3", "u-4"):
@@ -169,10 +183,7 @@ async def test_the_last_wrong_code_run_again_answers_as_it_did(stack: Stack) -> 
     TOO_MANY_ATTEMPTS again (not "the binding awaits no code"), asks the
     bank nothing and locks nothing twice."""
     sdk = await stack.sdk()
-    binding = await sdk.create_binding("u-1", ALICE, default_consent())
-    code = await stack.code_for(ALICE)
-    for n in (1, 2):
-        await refused(sdk.confirm_binding(binding.name, _wrong(code, n)))
+    binding, code = await _two_wrong_codes(stack, sdk)
     last_id = str(uuid.uuid4())
     last = await refused(sdk.confirm_binding(binding.name, _wrong(code, 3),
                                              request_id=last_id))
@@ -240,9 +251,7 @@ async def test_the_attempt_counter_outlives_the_code_under_a_short_lockout(
         stack: Stack) -> None:
     """With a lockout shorter than the code's lifetime, the attempts counted on
     a code must not expire while the code is still valid (they started over)."""
-    overrides = stack.folder / "thresholds.json"
-    overrides.write_text(json.dumps({"tenants": {"acme": {"lockout_s": 1}}}))
-    await stack.restart_gateway(thresholds_file=overrides)
+    await stack.restart_with_thresholds(lockout_s=1)
     sdk = await stack.sdk()
     binding = await sdk.create_binding("u-1", ALICE, default_consent())
     await refused(sdk.confirm_binding(binding.name, _wrong(await stack.code_for(ALICE), 1)))
@@ -258,14 +267,9 @@ async def test_a_wrong_last_code_answered_after_the_code_expired_locks_out_plain
     CODE_EXPIRED (it was rewritten TOO_MANY_ATTEMPTS). The wrong code still
     counted: the next create is refused BINDING_LOCKED_OUT, plainly (not
     handed a binding whose every code, the right one too, is refused)."""
-    overrides = stack.folder / "thresholds.json"  # a code lifetime shorter than the bank's
-    overrides.write_text(json.dumps({"tenants": {"acme": {"code_ttl_s": 60}}}))
-    await stack.restart_gateway(thresholds_file=overrides)
+    await stack.restart_with_thresholds(code_ttl_s=60)  # shorter than the bank's code
     sdk = await stack.sdk()
-    binding = await sdk.create_binding("u-1", ALICE, default_consent())
-    code = await stack.code_for(ALICE)
-    for n in (1, 2):
-        await refused(sdk.confirm_binding(binding.name, _wrong(code, n)))
+    binding, code = await _two_wrong_codes(stack, sdk)
     bank = stack.gateway.bindings._bank
     check_code = bank.check_code
 
@@ -288,14 +292,9 @@ async def test_a_create_while_the_last_attempt_is_out_is_locked_out_plainly(
     """The last attempt is on its way to the bank when the code expires, and
     the user starts again: refused BINDING_LOCKED_OUT (a new binding was
     handed out with no attempts left, refusing even the right code)."""
-    overrides = stack.folder / "thresholds.json"
-    overrides.write_text(json.dumps({"tenants": {"acme": {"code_ttl_s": 60}}}))
-    await stack.restart_gateway(thresholds_file=overrides)
+    await stack.restart_with_thresholds(code_ttl_s=60)
     sdk = await stack.sdk()
-    binding = await sdk.create_binding("u-1", ALICE, default_consent())
-    code = await stack.code_for(ALICE)
-    for n in (1, 2):
-        await refused(sdk.confirm_binding(binding.name, _wrong(code, n)))
+    binding, code = await _two_wrong_codes(stack, sdk)
     bank = stack.gateway.bindings._bank
     check_code = bank.check_code
     answered, release = asyncio.Event(), asyncio.Event()
@@ -322,17 +321,12 @@ async def test_a_right_code_answered_late_or_a_code_the_bank_calls_expired_locks
     right code answered after the code expired, or the bank's EXPIRED. Both
     answer CODE_EXPIRED and leave the card free to bind again (the third
     attempt stayed counted and the next create was locked out)."""
-    overrides = stack.folder / "thresholds.json"  # the gateway's code outlives the bank's
-    overrides.write_text(json.dumps({"tenants": {"acme": {"code_ttl_s": 600}}}))
-    await stack.restart_gateway(thresholds_file=overrides)
+    await stack.restart_with_thresholds(code_ttl_s=600)  # outlives the bank's code
     sdk = await stack.sdk()
     bank = stack.gateway.bindings._bank
     check_code = bank.check_code
     for late in (True, False):
-        binding = await sdk.create_binding("u-1", ALICE, default_consent())
-        code = await stack.code_for(ALICE)
-        for n in (1, 2):
-            await refused(sdk.confirm_binding(binding.name, _wrong(code, n)))
+        binding, code = await _two_wrong_codes(stack, sdk)
 
         async def third_check(*args: Any, late: bool = late) -> Any:
             if late:  # the right code: the gateway's code expires on the way back

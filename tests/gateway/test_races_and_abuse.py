@@ -4,7 +4,6 @@ bank, another user's refused bind, bank events on an undecided line."""
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from typing import Any
 
@@ -240,9 +239,7 @@ async def test_a_refused_create_leaves_a_concurrent_create_its_card_claim(
     its binding, and a slot frees up meanwhile. The first binding must keep the
     card (the refusal deleted the claim: another user bound the same card and
     both bindings became ACTIVE)."""
-    overrides = stack.folder / "thresholds.json"
-    overrides.write_text(json.dumps({"tenants": {"acme": {"max_bindings_per_user": 1}}}))
-    await stack.restart_gateway(thresholds_file=overrides)
+    await stack.restart_with_thresholds(max_bindings_per_user=1)
     sdk = await stack.sdk()
     other = await sdk.create_binding("u-1", ERIN, default_consent())
     first_id = str(uuid.uuid4())

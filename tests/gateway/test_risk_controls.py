@@ -63,10 +63,8 @@ async def test_card_of_another_user_is_refused(stack: Stack) -> None:
 
 
 async def test_per_tenant_thresholds(stack: Stack) -> None:
-    overrides = stack.folder / "thresholds.json"
-    overrides.write_text(json.dumps({"tenants": {"acme": {
-        "max_bindings_per_user": 2, "max_card_attempts": 2, "code_max_attempts": 1}}}))
-    await stack.restart_gateway(thresholds_file=overrides)
+    await stack.restart_with_thresholds(max_bindings_per_user=2, max_card_attempts=2,
+                                        code_max_attempts=1)
     sdk = await stack.sdk()
     first = await sdk.create_binding("u-5", ALICE, default_consent())
     assert first.code_attempts_left == 1

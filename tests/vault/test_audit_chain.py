@@ -358,6 +358,35 @@ async def _refused_reasons(redis_client: aioredis.Redis, log: AuditLog) -> list[
     return [e[b"reason"] for _, e in stored if e[b"action"] == b"call.refused"]
 
 
+def _next_write_held_then_failing(log: AuditLog, monkeypatch: pytest.MonkeyPatch
+                                  ) -> tuple[asyncio.Event, asyncio.Event]:
+    """The log's next write (only) waits for the second event, then fails as a
+    dropped connection; the first event is set once that write has begun."""
+    script = log._script
+    writing, fail = asyncio.Event(), asyncio.Event()
+
+    async def slow_then_failing(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(log, "_script", script)
+        writing.set()
+        await fail.wait()
+        raise redis.exceptions.ConnectionError("connection reset by peer")
+
+    monkeypatch.setattr(log, "_script", slow_then_failing)
+    return writing, fail
+
+
+async def _all_written_by_the_next_append(redis_client: aioredis.Redis, log: AuditLog,
+                                          entries: int) -> None:
+    """One more append writes what the backlog kept: every numbered entry,
+    once, in order. Closes the log."""
+    await log.append(AuditEntry("later", "x", "", "", "OK", 1.0))
+    try:
+        assert await _refused_reasons(redis_client, log) == [
+            f"{n:05d}".encode() for n in range(entries)]
+    finally:
+        await log.aclose()
+
+
 async def test_a_cancelled_backlog_flush_loses_no_entry(
         redis_client: aioredis.Redis, key_prefix: str, key_file: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -371,12 +400,7 @@ async def test_a_cancelled_backlog_flush_loses_no_entry(
     flush.cancel()
     with pytest.raises(asyncio.CancelledError):
         await flush
-    await log.append(AuditEntry("later", "x", "", "", "OK", 1.0))
-    try:
-        assert await _refused_reasons(redis_client, log) == [
-            f"{n:05d}".encode() for n in range(2000)]
-    finally:
-        await log.aclose()
+    await _all_written_by_the_next_append(redis_client, log, 2000)
 
 
 async def test_a_backlog_batch_written_in_two_parts_is_not_written_twice(
@@ -408,35 +432,25 @@ async def test_a_backlog_batch_written_in_two_parts_is_not_written_twice(
         await log.aclose()
 
 
+@pytest.mark.parametrize("cancels", [1, 2], ids=["a deadline", "a deadline then shutdown"])
 async def test_a_cancelled_flush_keeps_what_its_queued_batch_failed_to_write(
         redis_client: aioredis.Redis, key_prefix: str, key_file: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A slow Redis: the caller's deadline cancels the flush while its batch is
-    being written, and that write then fails. The batch stays for the next
-    append (it was left to the appender, whose failure nobody kept)."""
+        monkeypatch: pytest.MonkeyPatch, cancels: int) -> None:
+    """A slow Redis: the flush is cancelled (once, or again while its batch
+    settles) while that batch is being written, and the write then fails. The
+    batch and the rest stay for the next append (the batch was left to the
+    appender, whose failure nobody kept; a second cancel dropped them all)."""
     log = await _sealed_log(redis_client, key_prefix, key_file, 600, monkeypatch)
-    script = log._script
-    writing, fail = asyncio.Event(), asyncio.Event()
-
-    async def slow_then_failing(*args: Any, **kwargs: Any) -> Any:
-        monkeypatch.setattr(log, "_script", script)
-        writing.set()
-        await fail.wait()
-        raise redis.exceptions.ConnectionError("connection reset by peer")
-
-    monkeypatch.setattr(log, "_script", slow_then_failing)
+    writing, fail = _next_write_held_then_failing(log, monkeypatch)
     flush = asyncio.ensure_future(log.flush_backlog())
     await writing.wait()
-    flush.cancel()
+    for _ in range(cancels):
+        flush.cancel()
+        await asyncio.sleep(0)  # one loop turn: the flush sees this cancel
     fail.set()
     with pytest.raises(asyncio.CancelledError):
         await flush
-    await log.append(AuditEntry("later", "x", "", "", "OK", 1.0))
-    try:
-        assert await _refused_reasons(redis_client, log) == [
-            f"{n:05d}".encode() for n in range(600)]
-    finally:
-        await log.aclose()
+    await _all_written_by_the_next_append(redis_client, log, 600)
 
 
 async def test_closing_the_log_during_a_flush_leaves_no_one_waiting(
@@ -458,35 +472,3 @@ async def test_closing_the_log_during_a_flush_leaves_no_one_waiting(
     async with asyncio.timeout(30):  # a hang guard, not a measurement
         with pytest.raises(CardLinkError):
             await flush
-
-
-async def test_a_flush_cancelled_twice_still_keeps_what_it_did_not_write(
-        redis_client: aioredis.Redis, key_prefix: str, key_file: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A deadline, then shutdown: a second cancel while the batch settles. It
-    dropped the batch and the rest of the backlog."""
-    log = await _sealed_log(redis_client, key_prefix, key_file, 600, monkeypatch)
-    script = log._script
-    writing, fail = asyncio.Event(), asyncio.Event()
-
-    async def slow_then_failing(*args: Any, **kwargs: Any) -> Any:
-        monkeypatch.setattr(log, "_script", script)
-        writing.set()
-        await fail.wait()
-        raise redis.exceptions.ConnectionError("connection reset by peer")
-
-    monkeypatch.setattr(log, "_script", slow_then_failing)
-    flush = asyncio.ensure_future(log.flush_backlog())
-    await writing.wait()
-    flush.cancel()
-    await asyncio.sleep(0)  # one loop turn: the flush sees the first cancel
-    flush.cancel()
-    fail.set()
-    with pytest.raises(asyncio.CancelledError):
-        await flush
-    await log.append(AuditEntry("later", "x", "", "", "OK", 1.0))
-    try:
-        assert await _refused_reasons(redis_client, log) == [
-            f"{n:05d}".encode() for n in range(600)]
-    finally:
-        await log.aclose()
