@@ -31,6 +31,18 @@ from gateway.serialization import credit_line_codec
 
 logger = logging.getLogger("cardlink.gateway.credit")
 
+# Sequences are compared in Redis's Lua, whose numbers are doubles: exact to 2**53.
+MAX_EVENT_SEQUENCE = 2**53 - 1
+EVENT_SEQUENCE_FIELD = "event_sequence"
+
+
+def check_event_sequence(sequence: int) -> int:
+    """A bank event's sequence: 1 to 2**53 - 1; INVALID_ARGUMENT otherwise."""
+    if not 1 <= sequence <= MAX_EVENT_SEQUENCE:
+        raise invalid_field(EVENT_SEQUENCE_FIELD, f"must be 1 to {MAX_EVENT_SEQUENCE}",
+                            "EVENT_SEQUENCE_INVALID")
+    return sequence
+
 
 class CreditService:
     def __init__(
@@ -95,16 +107,21 @@ class CreditService:
         return found
 
     # --- the bank's own events -------------------------------------------
+    # Each carries the bank's sequence: events of one kind (limit; status:
+    # freeze, unfreeze, close) apply in that order whatever order they arrive
+    # in, so a retry that lands after a later event cannot undo it.
 
-    async def change_limit(self, name: ChildName, limit: Money, request_id: str) -> CreditLine:
+    async def change_limit(self, name: ChildName, limit: Money, sequence: int,
+                           request_id: str) -> CreditLine:
+        check_event_sequence(sequence)
         return await self._idem.run(
             name.tenant, "ChangeCreditLimit", request_id,
-            fingerprint(str(name), limit.currency_code, limit.units_minor),
-            lambda: self._change_limit(name, limit), self._codec,
+            fingerprint(str(name), limit.currency_code, limit.units_minor, sequence),
+            lambda: self._change_limit(name, limit, sequence), self._codec,
         )
 
-    async def _change_limit(self, name: ChildName, limit: Money) -> CreditLine:
-        status, value = await self._store.change_limit(name, self._clock.now(), limit)
+    async def _change_limit(self, name: ChildName, limit: Money, sequence: int) -> CreditLine:
+        status, value = await self._store.change_limit(name, self._clock.now(), limit, sequence)
         self._check(status, value)
         if status == "CURRENCY":
             raise InvalidArgument("CURRENCY_MISMATCH", "the limit must be in the line's currency",
@@ -113,33 +130,38 @@ class CreditService:
                                       "CURRENCY_MISMATCH")])
         return await self.get(name)
 
-    async def set_frozen(self, name: ChildName, frozen: bool, request_id: str,
+    async def set_frozen(self, name: ChildName, frozen: bool, sequence: int, request_id: str,
                          reason: str = "") -> CreditLine:
         """Freeze (with the bank's ``reason`` code) or unfreeze."""
+        check_event_sequence(sequence)
         method = "FreezeCreditLine" if frozen else "UnfreezeCreditLine"
         return await self._idem.run(
-            name.tenant, method, request_id, fingerprint(str(name), frozen, reason),
-            lambda: self._set_frozen(name, frozen, reason), self._codec,
+            name.tenant, method, request_id, fingerprint(str(name), frozen, reason, sequence),
+            lambda: self._set_frozen(name, frozen, reason, sequence), self._codec,
         )
 
-    async def _set_frozen(self, name: ChildName, frozen: bool, reason: str) -> CreditLine:
+    async def _set_frozen(self, name: ChildName, frozen: bool, reason: str,
+                          sequence: int) -> CreditLine:
         active, frozen_state = CreditLineState.ACTIVE, CreditLineState.FROZEN
         source, target = (active, frozen_state) if frozen else (frozen_state, active)
-        status, value = await self._store.set_state(name, self._clock.now(), source, target)
+        status, value = await self._store.set_state(name, self._clock.now(), source, target,
+                                                    sequence)
         self._check(status, value)
         if value == "CHANGED":  # this call moved it (not one before)
             logger.info("credit line %s %s by the bank%s", name,
                         "frozen" if frozen else "unfrozen", f": {reason}" if reason else "")
         return await self.get(name)
 
-    async def close(self, name: ChildName, reason: str, request_id: str) -> CreditLine:
+    async def close(self, name: ChildName, reason: str, sequence: int,
+                    request_id: str) -> CreditLine:
+        check_event_sequence(sequence)
         return await self._idem.run(
-            name.tenant, "CloseCreditLine", request_id, fingerprint(str(name), reason),
-            lambda: self._close(name, reason), self._codec,
+            name.tenant, "CloseCreditLine", request_id, fingerprint(str(name), reason, sequence),
+            lambda: self._close(name, reason, sequence), self._codec,
         )
 
-    async def _close(self, name: ChildName, reason: str) -> CreditLine:
-        status, value = await self._store.close(name, self._clock.now())
+    async def _close(self, name: ChildName, reason: str, sequence: int) -> CreditLine:
+        status, value = await self._store.close(name, self._clock.now(), sequence)
         if status == "IN_USE":
             # As the script saw them: the refusal is the event's answer and is replayed.
             held, outstanding = value.split("/")
@@ -155,6 +177,12 @@ class CreditService:
     def _check(status: str, value: str) -> None:
         if status == "NOT_FOUND":
             raise NotFound("CREDIT_LINE_NOT_FOUND", "credit line not found")
+        if status == "SUPERSEDED":
+            # Definite: stored as the event's answer. The bank resends the event
+            # as a new one (new request id and sequence) if it still holds.
+            raise FailedPrecondition(
+                "BANK_EVENT_SUPERSEDED", "a later event of this kind from the bank was "
+                "applied to the credit line already", metadata={"applied_sequence": value})
         if status == "STATE" and value == CreditLineState.APPLIED.value:
             # The bank's decision is not recorded yet (a DecideCredit timeout): the
             # bank's event must be retried once the line is decided, so the refusal

@@ -1,7 +1,8 @@
 """Redis storage of credit lines (user slot); every change is one Lua script.
 
 A line is a hash ``cl:<id>`` (fields: name, bid, bname, tokn, state, cur,
-limit, held, out, tier, acct, decl, ctime, mtime) next to the user's
+limit, held, out, tier, acct, decl, ctime, mtime, and lseq / sseq once a
+bank event of that kind applied) next to the user's
 bindings, so "the binding is active" and "the user has no other open line"
 are checked in the same script that opens the line. ``clopen`` names the
 user's one open (applied, active or frozen) line; a closed or declined line
@@ -58,27 +59,48 @@ end
 return 1
 """)
 
+# The bank's own events (limit, freeze, unfreeze, close) apply in the bank's
+# order: ARGV[4] is the event's sequence and ARGV[5] the line's field that
+# holds the last one applied of its kind (limit or status). An event not
+# above it arrived after a later one and changes nothing. An event that is
+# refused for the line's state or currency applies nothing and moves nothing.
+_EVENT = """
+local k = base .. ':cl:' .. ARGV[3]
+local seq, seqf = ARGV[4], ARGV[5]
+local function superseded()
+  local applied = redis.call('HGET', k, seqf) or '0'
+  if tonumber(seq) <= tonumber(applied) then return applied end
+  return nil
+end
+"""
+
 # A new limit from the bank. Available is derived (max(0, limit - held -
 # out)) on every read, so a cut below usage shows zero, never a negative.
-_CHANGE_LIMIT = script("""
-local k = base .. ':cl:' .. ARGV[3]
+_CHANGE_LIMIT = script(_EVENT + """
 local state = redis.call('HGET', k, 'state')
 if not state then return {'NOT_FOUND', ''} end
+local applied = superseded()
+if applied then return {'SUPERSEDED', applied} end
 if state ~= 'ACTIVE' and state ~= 'FROZEN' then return {'STATE', state} end
 local cur = redis.call('HGET', k, 'cur')
-if cur ~= ARGV[4] then return {'CURRENCY', cur} end
-redis.call('HSET', k, 'limit', ARGV[5], 'mtime', now)
+if cur ~= ARGV[6] then return {'CURRENCY', cur} end
+redis.call('HSET', k, 'limit', ARGV[7], seqf, seq, 'mtime', now)
 return {'OK', ''}
 """)
 
-# ARGV[4] -> ARGV[5]: {'OK', 'CHANGED'}, or {'OK', ''} if already there.
-_SET_STATE = script("""
-local k = base .. ':cl:' .. ARGV[3]
+# ARGV[6] -> ARGV[7]: {'OK', 'CHANGED'}, or {'OK', ''} if already there (the
+# event still counts as the latest of its kind).
+_SET_STATE = script(_EVENT + """
 local state = redis.call('HGET', k, 'state')
 if not state then return {'NOT_FOUND', ''} end
-if state == ARGV[5] then return {'OK', ''} end
-if state ~= ARGV[4] then return {'STATE', state} end
-redis.call('HSET', k, 'state', ARGV[5], 'mtime', now)
+local applied = superseded()
+if applied then return {'SUPERSEDED', applied} end
+if state == ARGV[7] then
+  redis.call('HSET', k, seqf, seq)
+  return {'OK', ''}
+end
+if state ~= ARGV[6] then return {'STATE', state} end
+redis.call('HSET', k, 'state', ARGV[7], seqf, seq, 'mtime', now)
 return {'OK', 'CHANGED'}
 """)
 
@@ -87,21 +109,26 @@ return {'OK', 'CHANGED'}
 # line with anything held or outstanding stays open. Returns {'OK', 'CLOSED'}
 # when this call closed it, {'OK', ''} when it was closed already, and
 # {'IN_USE', 'held/outstanding'}.
-_CLOSE = script("""
+_CLOSE = script(_EVENT + """
 local clid = ARGV[3]
-local k = base .. ':cl:' .. clid
 local line = redis.call('HMGET', k, 'state', 'held', 'out')
 local state = line[1]
 if not state then return {'NOT_FOUND', ''} end
+local applied = superseded()
+if applied then return {'SUPERSEDED', applied} end
 if state == 'CLOSED' then return {'OK', ''} end
 if state ~= 'ACTIVE' and state ~= 'FROZEN' then return {'STATE', state} end
 if tonumber(line[2]) ~= 0 or tonumber(line[3]) ~= 0 then
   return {'IN_USE', line[2] .. '/' .. line[3]}
 end
-redis.call('HSET', k, 'state', 'CLOSED', 'mtime', now)
+redis.call('HSET', k, 'state', 'CLOSED', seqf, seq, 'mtime', now)
 if redis.call('GET', base .. ':clopen') == clid then redis.call('DEL', base .. ':clopen') end
 return {'OK', 'CLOSED'}
 """)
+
+# Line fields holding the sequence of the last bank event applied, per kind.
+_LIMIT_SEQUENCE = "lseq"
+_STATUS_SEQUENCE = "sseq"
 
 
 def _text(value: Any) -> str:
@@ -144,16 +171,21 @@ class CreditStore:
     async def decline(self, name: ChildName, now: float, reason: str) -> None:
         await self._run(self._decided, name, now, "DECLINED", reason)
 
-    async def change_limit(self, name: ChildName, now: float, limit: Money) -> tuple[str, str]:
-        return await self._run(self._change_limit, name, now, limit.currency_code,
-                               limit.units_minor)
+    async def change_limit(self, name: ChildName, now: float, limit: Money,
+                           sequence: int) -> tuple[str, str]:
+        """The bank's limit event; ``('SUPERSEDED', applied)`` if a later one applied."""
+        return await self._run(self._change_limit, name, now, sequence, _LIMIT_SEQUENCE,
+                               limit.currency_code, limit.units_minor)
 
     async def set_state(self, name: ChildName, now: float, from_state: CreditLineState,
-                        to_state: CreditLineState) -> tuple[str, str]:
-        return await self._run(self._set_state, name, now, from_state.value, to_state.value)
+                        to_state: CreditLineState, sequence: int) -> tuple[str, str]:
+        """The bank's freeze or unfreeze event (a status event)."""
+        return await self._run(self._set_state, name, now, sequence, _STATUS_SEQUENCE,
+                               from_state.value, to_state.value)
 
-    async def close(self, name: ChildName, now: float) -> tuple[str, str]:
-        return await self._run(self._close, name, now)
+    async def close(self, name: ChildName, now: float, sequence: int) -> tuple[str, str]:
+        """The bank's close event (a status event)."""
+        return await self._run(self._close, name, now, sequence, _STATUS_SEQUENCE)
 
     async def load(self, name: ChildName) -> tuple[CreditLine, str] | None:
         """The line and its card's vault token name."""

@@ -167,7 +167,8 @@ class BankEventsServicer(bank_events_pb2_grpc.BankEventsServicer):
         if not request.HasField("limit"):
             raise invalid_field("limit", "required", "AMOUNT_INVALID")
         limit = money_from_proto(request.limit, "limit")
-        return credit_line_to_proto(await self._credit.change_limit(name, limit, request_id))
+        return credit_line_to_proto(await self._credit.change_limit(
+            name, limit, request.event_sequence, request_id))
 
     async def FreezeCreditLine(
         self, request: bank_events_pb2.FreezeCreditLineRequest, context: Context
@@ -175,15 +176,16 @@ class BankEventsServicer(bank_events_pb2_grpc.BankEventsServicer):
         name = self._bank_line(request.name)
         request_id = check_request_id(request.request_id)
         reason = _bank_reason(request.reason)
-        return credit_line_to_proto(await self._credit.set_frozen(name, True, request_id,
-                                                                  reason))
+        return credit_line_to_proto(await self._credit.set_frozen(
+            name, True, request.event_sequence, request_id, reason))
 
     async def UnfreezeCreditLine(
         self, request: bank_events_pb2.UnfreezeCreditLineRequest, context: Context
     ) -> resources_pb2.CreditLine:
         name = self._bank_line(request.name)
         request_id = check_request_id(request.request_id)
-        return credit_line_to_proto(await self._credit.set_frozen(name, False, request_id))
+        return credit_line_to_proto(await self._credit.set_frozen(
+            name, False, request.event_sequence, request_id))
 
     async def CloseCreditLine(
         self, request: bank_events_pb2.CloseCreditLineRequest, context: Context
@@ -191,4 +193,5 @@ class BankEventsServicer(bank_events_pb2_grpc.BankEventsServicer):
         name = self._bank_line(request.name)
         request_id = check_request_id(request.request_id)
         reason = _bank_reason(request.reason)
-        return credit_line_to_proto(await self._credit.close(name, reason, request_id))
+        return credit_line_to_proto(await self._credit.close(
+            name, reason, request.event_sequence, request_id))

@@ -10,12 +10,13 @@ from typing import Any
 import pytest
 
 from cardlink.bank.v1 import simulator_pb2 as sim
-from cardlink.gateway.v1 import bank_events_pb2, bank_events_pb2_grpc, resources_pb2
+from cardlink.gateway.v1 import bank_events_pb2_grpc, resources_pb2
 from clients.sdk import Aborted, FailedPrecondition
 from common.auth import bearer_metadata
 from common.grpc_errors import rpc_errors
 from gateway.connectors import CallPolicy
 from gateway.names import credit_line_name, derived_id, parse_user
+from tests.gateway import bank_events as event
 from tests.gateway.conftest import (
     ALICE,
     ERIN,
@@ -150,12 +151,10 @@ async def test_freeze_refused_while_applied_is_not_replayed_forever(stack: Stack
     events = bank_events_pb2_grpc.BankEventsStub(stack.channel)
     auth = bearer_metadata(stack.vault.identities.token(
         "cardlink-bank", "acme", ["gateway.bank.events"], audience=GATEWAY_AUDIENCE))
-    freeze = bank_events_pb2.FreezeCreditLineRequest(
-        name=line_name, reason="FRAUD", request_id=str(uuid.uuid4()))
+    freeze = event.freeze(line_name, "FRAUD")
     first = await refused(events.FreezeCreditLine(freeze, metadata=auth))
     assert first.reason == "CREDIT_LINE_STATE"
-    close = bank_events_pb2.CloseCreditLineRequest(
-        name=line_name, reason="FRAUD", request_id=str(uuid.uuid4()))
+    close = event.close(line_name, "FRAUD")
     early_close = await refused(events.CloseCreditLine(close, metadata=auth))
     assert isinstance(early_close, Aborted) and early_close.reason == "CREDIT_LINE_STATE"
 

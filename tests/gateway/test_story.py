@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-import uuid
 
 import pytest
 
 from cardlink.bank.v1 import bank_core_pb2
-from cardlink.gateway.v1 import bank_events_pb2, bank_events_pb2_grpc, resources_pb2
+from cardlink.gateway.v1 import bank_events_pb2_grpc, resources_pb2
 from common.auth import bearer_metadata
 from common.errors import FailedPrecondition, InvalidArgument
 from gateway.names import parse_user
+from tests.gateway import bank_events as event
 from tests.gateway.conftest import (
     ALICE,
     BOB,
@@ -25,6 +25,7 @@ from tests.gateway.conftest import (
     refused,
 )
 from tests.support.keyspace import contents
+from tests.support.keyspace import snapshot as keyspace_snapshot
 
 Binding = resources_pb2.Binding
 Line = resources_pb2.CreditLine
@@ -72,16 +73,13 @@ async def test_bind_confirm_activate_and_bank_events(stack: Stack,
     assert line.available.units_minor == 500000 and line.held.units_minor == 0
 
     events = bank_events(stack)
-    cut = await events.ChangeCreditLimit(bank_events_pb2.ChangeCreditLimitRequest(
-        name=line.name, limit=resources_pb2.Money(currency_code="EUR", units_minor=1000),
-        request_id=str(uuid.uuid4())), metadata=bank_auth(stack))
+    cut = await events.ChangeCreditLimit(event.limit_change(line.name, 1000),
+                                         metadata=bank_auth(stack))
     assert cut.limit.units_minor == 1000 and cut.available.units_minor == 1000
-    frozen = await events.FreezeCreditLine(bank_events_pb2.FreezeCreditLineRequest(
-        name=line.name, reason="RISK_REVIEW", request_id=str(uuid.uuid4())),
-        metadata=bank_auth(stack))
+    frozen = await events.FreezeCreditLine(event.freeze(line.name), metadata=bank_auth(stack))
     assert frozen.state == Line.STATE_FROZEN
-    thawed = await events.UnfreezeCreditLine(bank_events_pb2.UnfreezeCreditLineRequest(
-        name=line.name, request_id=str(uuid.uuid4())), metadata=bank_auth(stack))
+    thawed = await events.UnfreezeCreditLine(event.unfreeze(line.name),
+                                             metadata=bank_auth(stack))
     assert thawed.state == Line.STATE_ACTIVE
     assert (await sdk.get_credit_line(line.name)).limit.units_minor == 1000
 
@@ -102,23 +100,14 @@ async def test_limit_cut_below_usage_leaves_zero_available(stack: Stack) -> None
     keys = stack.gateway.keyspace.user(parse_user("tenants/acme/users/u-2"))
     await stack.redis.hset(keys.credit_line(line.name.rsplit("/", 1)[1]),
                            mapping={"held": 60000, "out": 30000})
-    cut = await bank_events(stack).ChangeCreditLimit(bank_events_pb2.ChangeCreditLimitRequest(
-        name=line.name, limit=resources_pb2.Money(currency_code="EUR", units_minor=50000),
-        request_id=str(uuid.uuid4())), metadata=bank_auth(stack))
+    cut = await bank_events(stack).ChangeCreditLimit(event.limit_change(line.name, 50000),
+                                                     metadata=bank_auth(stack))
     assert cut.limit.units_minor == 50000
     assert cut.available.units_minor == 0
     wrong_currency = await refused(bank_events(stack).ChangeCreditLimit(
-        bank_events_pb2.ChangeCreditLimitRequest(
-            name=line.name, limit=resources_pb2.Money(currency_code="USD", units_minor=1),
-            request_id=str(uuid.uuid4())), metadata=bank_auth(stack)))
+        event.limit_change(line.name, 1, "USD"), metadata=bank_auth(stack)))
     assert wrong_currency.reason == "CURRENCY_MISMATCH"
     assert [v.field for v in wrong_currency.violations] == ["limit.currency_code"]
-
-
-def close_request(line: Line, reason: str = "ACCOUNT_CLOSED",
-                  request_id: str | None = None) -> bank_events_pb2.CloseCreditLineRequest:
-    return bank_events_pb2.CloseCreditLineRequest(
-        name=line.name, reason=reason, request_id=request_id or str(uuid.uuid4()))
 
 
 async def test_closed_line_is_final_and_frees_the_user_and_the_card(
@@ -128,10 +117,9 @@ async def test_closed_line_is_final_and_frees_the_user_and_the_card(
     sdk = await stack.sdk()
     events, auth = bank_events(stack), bank_auth(stack)
     line = await sdk.activate_credit_line("u-3", binding.name)
-    frozen = await events.FreezeCreditLine(bank_events_pb2.FreezeCreditLineRequest(
-        name=line.name, reason="RISK_REVIEW", request_id=str(uuid.uuid4())), metadata=auth)
+    frozen = await events.FreezeCreditLine(event.freeze(line.name), metadata=auth)
     assert frozen.available.units_minor == 0  # nothing can be spent on a frozen line
-    request = close_request(line)
+    request = event.close(line.name)
     closed = await events.CloseCreditLine(request, metadata=auth)
     assert closed.state == Line.STATE_CLOSED
     assert (closed.limit.units_minor, closed.available.units_minor) == (500000, 0)
@@ -142,23 +130,19 @@ async def test_closed_line_is_final_and_frees_the_user_and_the_card(
     await stack.redis.hset(line_key, "mtime", closed.update_time.seconds + 60)
     assert (await events.CloseCreditLine(request, metadata=auth)) == closed
     reused = await refused(events.CloseCreditLine(
-        close_request(line, "OTHER_REASON", request.request_id), metadata=auth))
+        event.close(line.name, "OTHER_REASON", request_id=request.request_id), metadata=auth))
     assert isinstance(reused, InvalidArgument) and reused.reason == "REQUEST_ID_REUSED"
     # A new event on a closed line returns it as it is, and logs no second close.
-    again = await events.CloseCreditLine(close_request(line, "AGAIN"), metadata=auth)
+    again = await events.CloseCreditLine(event.close(line.name, "AGAIN"), metadata=auth)
     assert again.state == Line.STATE_CLOSED
     closes = [r for r in caplog.records if "closed by the bank" in r.getMessage()]
     assert [r.getMessage().rsplit(": ", 1)[1] for r in closes] == ["ACCOUNT_CLOSED"]
 
     # Final: no bank event brings it back or changes it.
     for call in (
-        events.UnfreezeCreditLine(bank_events_pb2.UnfreezeCreditLineRequest(
-            name=line.name, request_id=str(uuid.uuid4())), metadata=auth),
-        events.FreezeCreditLine(bank_events_pb2.FreezeCreditLineRequest(
-            name=line.name, reason="RISK_REVIEW", request_id=str(uuid.uuid4())), metadata=auth),
-        events.ChangeCreditLimit(bank_events_pb2.ChangeCreditLimitRequest(
-            name=line.name, limit=resources_pb2.Money(currency_code="EUR", units_minor=1),
-            request_id=str(uuid.uuid4())), metadata=auth),
+        events.UnfreezeCreditLine(event.unfreeze(line.name), metadata=auth),
+        events.FreezeCreditLine(event.freeze(line.name), metadata=auth),
+        events.ChangeCreditLimit(event.limit_change(line.name, 1), metadata=auth),
     ):
         error = await refused(call)
         assert isinstance(error, FailedPrecondition) and error.reason == "CREDIT_LINE_STATE"
@@ -169,7 +153,7 @@ async def test_closed_line_is_final_and_frees_the_user_and_the_card(
     second = await sdk.activate_credit_line("u-3", binding.name)
     assert second.name != line.name and second.state == Line.STATE_ACTIVE
     assert second.available.units_minor == 500000
-    await events.CloseCreditLine(close_request(second), metadata=auth)
+    await events.CloseCreditLine(event.close(second.name), metadata=auth)
     assert (await sdk.unbind_binding(binding.name)).state == Binding.STATE_UNBOUND
 
 
@@ -183,7 +167,7 @@ async def test_a_line_in_use_does_not_close(stack: Stack) -> None:
     for held, outstanding in ((100, 0), (0, 1)):
         # Usage the money issues will add.
         await stack.redis.hset(line_key, mapping={"held": held, "out": outstanding})
-        requests.append(close_request(line))
+        requests.append(event.close(line.name))
         error = await refused(bank_events(stack).CloseCreditLine(
             requests[-1], metadata=bank_auth(stack)))
         assert isinstance(error, FailedPrecondition) and error.reason == "CREDIT_LINE_IN_USE"
@@ -198,7 +182,7 @@ async def test_a_line_in_use_does_not_close(stack: Stack) -> None:
     replayed = await refused(bank_events(stack).CloseCreditLine(
         requests[0], metadata=bank_auth(stack)))
     assert replayed.reason == "CREDIT_LINE_IN_USE" and replayed.metadata["held_minor"] == "100"
-    closed = await bank_events(stack).CloseCreditLine(close_request(line),
+    closed = await bank_events(stack).CloseCreditLine(event.close(line.name),
                                                       metadata=bank_auth(stack))
     assert closed.state == Line.STATE_CLOSED
 
@@ -207,32 +191,145 @@ async def test_a_declined_line_does_not_close(stack: Stack) -> None:
     carol = await bind(stack, "u-5", CAROL)
     line = await (await stack.sdk()).activate_credit_line("u-5", carol.name)
     assert line.state == Line.STATE_DECLINED
-    error = await refused(bank_events(stack).CloseCreditLine(close_request(line),
+    error = await refused(bank_events(stack).CloseCreditLine(event.close(line.name),
                                                             metadata=bank_auth(stack)))
     assert isinstance(error, FailedPrecondition) and error.reason == "CREDIT_LINE_STATE"
     assert error.metadata["state"] == "DECLINED"
 
 
-@pytest.mark.parametrize("event", ["freeze", "close"])
+@pytest.mark.parametrize("kind", ["freeze", "close"])
 @pytest.mark.parametrize("reason", ["", "closed", "CLOSED BY 4111111111111111",
                                     "CLOSED_BY_4111111111111111",
                                     "CLOSED_4111_1111_1111_1111", "_CLOSED", "9LIVES",
                                     "A" * 65])
-async def test_bank_event_reason_is_a_stable_code(stack: Stack, event: str,
+async def test_bank_event_reason_is_a_stable_code(stack: Stack, kind: str,
                                                   reason: str) -> None:
     binding = await bind(stack, "u-8", ALICE)
     line = await (await stack.sdk()).activate_credit_line("u-8", binding.name)
     before = await contents(stack.redis, stack.gateway.keyspace.pattern)
     events, auth = bank_events(stack), bank_auth(stack)
-    call = events.CloseCreditLine(close_request(line, reason), metadata=auth) if (
-        event == "close") else events.FreezeCreditLine(bank_events_pb2.FreezeCreditLineRequest(
-            name=line.name, reason=reason, request_id=str(uuid.uuid4())), metadata=auth)
+    call = events.CloseCreditLine(event.close(line.name, reason), metadata=auth) if (
+        kind == "close") else events.FreezeCreditLine(event.freeze(line.name, reason),
+                                                      metadata=auth)
     error = await refused(call)
     assert isinstance(error, InvalidArgument) and error.reason == "REASON_INVALID"
     assert [v.field for v in error.violations] == ["reason"]
     assert await contents(stack.redis, stack.gateway.keyspace.pattern) == before
-    longest = await events.CloseCreditLine(close_request(line, "A" * 64), metadata=auth)
+    longest = await events.CloseCreditLine(event.close(line.name, "A" * 64), metadata=auth)
     assert longest.state == Line.STATE_CLOSED
+
+
+async def active_line(stack: Stack, user: str) -> Line:
+    binding = await bind(stack, user, ALICE)
+    return await (await stack.sdk()).activate_credit_line(user, binding.name)
+
+
+async def test_a_limit_event_that_arrives_after_a_later_one_changes_nothing(
+        stack: Stack) -> None:
+    """The bank cuts the limit to 2,000.00, then to 10.00; the first event's
+    first attempt was lost and its retry lands last. The line keeps 10.00."""
+    line = await active_line(stack, "u-20")
+    events, auth = bank_events(stack), bank_auth(stack)
+    first, second = event.next_event_sequence(), event.next_event_sequence()
+    await events.ChangeCreditLimit(event.limit_change(line.name, 1000, sequence=second),
+                                   metadata=auth)
+    before = await keyspace_snapshot(stack.redis, stack.gateway.keyspace.pattern)
+    late = event.limit_change(line.name, 200000, sequence=first)
+    error = await refused(events.ChangeCreditLimit(late, metadata=auth))
+    assert isinstance(error, FailedPrecondition) and error.reason == "BANK_EVENT_SUPERSEDED"
+    assert error.metadata == {"applied_sequence": str(second)}
+    # The refusal is the event's answer: its retries get it again.
+    again = await refused(events.ChangeCreditLimit(late, metadata=auth))
+    assert (again.reason, again.metadata) == (error.reason, error.metadata)
+    after = await keyspace_snapshot(stack.redis, stack.gateway.keyspace.pattern)
+    assert {k: v for k, v in after.items() if k not in before} != {}  # the stored answer
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing else moved
+    assert (await (await stack.sdk()).get_credit_line(line.name)).limit.units_minor == 1000
+    # The same sequence twice is not "later": only a higher one applies.
+    same = await refused(events.ChangeCreditLimit(
+        event.limit_change(line.name, 3000, sequence=second), metadata=auth))
+    assert same.reason == "BANK_EVENT_SUPERSEDED"
+    raised = await events.ChangeCreditLimit(event.limit_change(line.name, 3000), metadata=auth)
+    assert raised.limit.units_minor == 3000
+
+
+async def test_a_freeze_that_arrives_after_the_unfreeze_leaves_the_line_active(
+        stack: Stack) -> None:
+    line = await active_line(stack, "u-21")
+    events, auth = bank_events(stack), bank_auth(stack)
+    await events.FreezeCreditLine(event.freeze(line.name), metadata=auth)
+    lost, later = event.freeze(line.name, "FRAUD"), event.unfreeze(line.name)
+    assert (await events.UnfreezeCreditLine(later, metadata=auth)).state == Line.STATE_ACTIVE
+    error = await refused(events.FreezeCreditLine(lost, metadata=auth))
+    assert error.reason == "BANK_EVENT_SUPERSEDED"
+    assert error.metadata == {"applied_sequence": str(later.event_sequence)}
+    assert (await (await stack.sdk()).get_credit_line(line.name)).state == Line.STATE_ACTIVE
+
+
+async def test_bank_events_are_ordered_per_kind_and_only_by_events_that_applied(
+        stack: Stack) -> None:
+    line = await active_line(stack, "u-22")
+    keys = stack.gateway.keyspace.user(parse_user("tenants/acme/users/u-22"))
+    line_key = keys.credit_line(line.name.rsplit("/", 1)[1])
+    events, auth, sdk = bank_events(stack), bank_auth(stack), await stack.sdk()
+    seq = [event.next_event_sequence() for _ in range(8)]
+    # A limit event does not order status events (nor the other way round).
+    await events.ChangeCreditLimit(event.limit_change(line.name, 7000, sequence=seq[7]),
+                                   metadata=auth)
+    frozen = await events.FreezeCreditLine(event.freeze(line.name, sequence=seq[0]),
+                                           metadata=auth)
+    assert frozen.state == Line.STATE_FROZEN
+    # A refused event (money in use) moves nothing: an earlier one still applies.
+    await stack.redis.hset(line_key, "held", 100)
+    in_use = await refused(events.CloseCreditLine(event.close(line.name, sequence=seq[2]),
+                                                  metadata=auth))
+    assert in_use.reason == "CREDIT_LINE_IN_USE"
+    await events.UnfreezeCreditLine(event.unfreeze(line.name, sequence=seq[1]), metadata=auth)
+    assert (await sdk.get_credit_line(line.name)).state == Line.STATE_ACTIVE
+    # An event that finds the line already as it asks still counts as the latest.
+    await events.FreezeCreditLine(event.freeze(line.name, sequence=seq[3]), metadata=auth)
+    already = await events.FreezeCreditLine(event.freeze(line.name, sequence=seq[5]),
+                                            metadata=auth)
+    assert already.state == Line.STATE_FROZEN
+    stale = await refused(events.UnfreezeCreditLine(event.unfreeze(line.name, sequence=seq[4]),
+                                                    metadata=auth))
+    assert stale.reason == "BANK_EVENT_SUPERSEDED"
+    assert stale.metadata == {"applied_sequence": str(seq[5])}
+    assert (await sdk.get_credit_line(line.name)).state == Line.STATE_FROZEN
+
+
+@pytest.mark.parametrize("sequence", [0, -1, 2**53, 2**63 - 1])
+async def test_an_event_sequence_out_of_range_is_refused(stack: Stack, sequence: int) -> None:
+    line = await active_line(stack, "u-23")
+    before = await keyspace_snapshot(stack.redis, stack.gateway.keyspace.pattern)
+    events, auth = bank_events(stack), bank_auth(stack)
+    for call in (
+        events.ChangeCreditLimit(event.limit_change(line.name, 1, sequence=sequence),
+                                 metadata=auth),
+        events.FreezeCreditLine(event.freeze(line.name, sequence=sequence), metadata=auth),
+        events.UnfreezeCreditLine(event.unfreeze(line.name, sequence=sequence), metadata=auth),
+        events.CloseCreditLine(event.close(line.name, sequence=sequence), metadata=auth),
+    ):
+        error = await refused(call)
+        assert isinstance(error, InvalidArgument) and error.reason == "EVENT_SEQUENCE_INVALID"
+        assert [v.field for v in error.violations] == ["event_sequence"]
+    assert await keyspace_snapshot(stack.redis, stack.gateway.keyspace.pattern) == before
+
+
+async def test_event_times_in_microseconds_order_exactly(stack: Stack) -> None:
+    """A bank may use its events' times in microseconds: 16 digits, beyond a
+    32-bit float, inside Lua's exact integers. One microsecond apart still orders."""
+    line = await active_line(stack, "u-24")
+    events, auth = bank_events(stack), bank_auth(stack)
+    now_us = 1_795_000_000_000_000
+    await events.ChangeCreditLimit(event.limit_change(line.name, 100, sequence=now_us + 1),
+                                   metadata=auth)
+    error = await refused(events.ChangeCreditLimit(
+        event.limit_change(line.name, 200, sequence=now_us), metadata=auth))
+    assert error.metadata == {"applied_sequence": str(now_us + 1)}
+    latest = await events.ChangeCreditLimit(
+        event.limit_change(line.name, 300, sequence=2**53 - 1), metadata=auth)
+    assert latest.limit.units_minor == 300
 
 
 async def test_list_pages_and_unbind(stack: Stack) -> None:

@@ -28,7 +28,7 @@ from google.api import field_info_pb2 as google_dot_api_dot_field__info__pb2
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%cardlink/gateway/v1/bank_events.proto\x12\x13\x63\x61rdlink.gateway.v1\x1a#cardlink/gateway/v1/resources.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/api/field_info.proto\x1a\x19google/api/resource.proto\"\xa5\x01\n\x18\x43hangeCreditLimitRequest\x12\x36\n\x04name\x18\x01 \x01(\tB(\xe2\x41\x01\x02\xfa\x41!\n\x1fgateway.cardlink.dev/CreditLine\x12/\n\x05limit\x18\x02 \x01(\x0b\x32\x1a.cardlink.gateway.v1.MoneyB\x04\xe2\x41\x01\x02\x12 \n\nrequest_id\x18\x03 \x01(\tB\x0c\xe2\x41\x01\x02\xe2\x8c\xcf\xd7\x08\x02\x08\x01\"\x89\x01\n\x17\x46reezeCreditLineRequest\x12\x36\n\x04name\x18\x01 \x01(\tB(\xe2\x41\x01\x02\xfa\x41!\n\x1fgateway.cardlink.dev/CreditLine\x12\x14\n\x06reason\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12 \n\nrequest_id\x18\x03 \x01(\tB\x0c\xe2\x41\x01\x02\xe2\x8c\xcf\xd7\x08\x02\x08\x01\"u\n\x19UnfreezeCreditLineRequest\x12\x36\n\x04name\x18\x01 \x01(\tB(\xe2\x41\x01\x02\xfa\x41!\n\x1fgateway.cardlink.dev/CreditLine\x12 \n\nrequest_id\x18\x02 \x01(\tB\x0c\xe2\x41\x01\x02\xe2\x8c\xcf\xd7\x08\x02\x08\x01\"\x88\x01\n\x16\x43loseCreditLineRequest\x12\x36\n\x04name\x18\x01 \x01(\tB(\xe2\x41\x01\x02\xfa\x41!\n\x1fgateway.cardlink.dev/CreditLine\x12\x14\n\x06reason\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12 \n\nrequest_id\x18\x03 \x01(\tB\x0c\xe2\x41\x01\x02\xe2\x8c\xcf\xd7\x08\x02\x08\x01\x32\x9c\x03\n\nBankEvents\x12\x63\n\x11\x43hangeCreditLimit\x12-.cardlink.gateway.v1.ChangeCreditLimitRequest\x1a\x1f.cardlink.gateway.v1.CreditLine\x12\x61\n\x10\x46reezeCreditLine\x12,.cardlink.gateway.v1.FreezeCreditLineRequest\x1a\x1f.cardlink.gateway.v1.CreditLine\x12\x65\n\x12UnfreezeCreditLine\x12..cardlink.gateway.v1.UnfreezeCreditLineRequest\x1a\x1f.cardlink.gateway.v1.CreditLine\x12_\n\x0f\x43loseCreditLine\x12+.cardlink.gateway.v1.CloseCreditLineRequest\x1a\x1f.cardlink.gateway.v1.CreditLineb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%cardlink/gateway/v1/bank_events.proto\x12\x13\x63\x61rdlink.gateway.v1\x1a#cardlink/gateway/v1/resources.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/api/field_info.proto\x1a\x19google/api/resource.proto\"\xc3\x01\n\x18\x43hangeCreditLimitRequest\x12\x36\n\x04name\x18\x01 \x01(\tB(\xe2\x41\x01\x02\xfa\x41!\n\x1fgateway.cardlink.dev/CreditLine\x12/\n\x05limit\x18\x02 \x01(\x0b\x32\x1a.cardlink.gateway.v1.MoneyB\x04\xe2\x41\x01\x02\x12 \n\nrequest_id\x18\x03 \x01(\tB\x0c\xe2\x41\x01\x02\xe2\x8c\xcf\xd7\x08\x02\x08\x01\x12\x1c\n\x0e\x65vent_sequence\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x02\"\xa7\x01\n\x17\x46reezeCreditLineRequest\x12\x36\n\x04name\x18\x01 \x01(\tB(\xe2\x41\x01\x02\xfa\x41!\n\x1fgateway.cardlink.dev/CreditLine\x12\x14\n\x06reason\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12 \n\nrequest_id\x18\x03 \x01(\tB\x0c\xe2\x41\x01\x02\xe2\x8c\xcf\xd7\x08\x02\x08\x01\x12\x1c\n\x0e\x65vent_sequence\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x02\"\x93\x01\n\x19UnfreezeCreditLineRequest\x12\x36\n\x04name\x18\x01 \x01(\tB(\xe2\x41\x01\x02\xfa\x41!\n\x1fgateway.cardlink.dev/CreditLine\x12 \n\nrequest_id\x18\x02 \x01(\tB\x0c\xe2\x41\x01\x02\xe2\x8c\xcf\xd7\x08\x02\x08\x01\x12\x1c\n\x0e\x65vent_sequence\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x02\"\xa6\x01\n\x16\x43loseCreditLineRequest\x12\x36\n\x04name\x18\x01 \x01(\tB(\xe2\x41\x01\x02\xfa\x41!\n\x1fgateway.cardlink.dev/CreditLine\x12\x14\n\x06reason\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12 \n\nrequest_id\x18\x03 \x01(\tB\x0c\xe2\x41\x01\x02\xe2\x8c\xcf\xd7\x08\x02\x08\x01\x12\x1c\n\x0e\x65vent_sequence\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x02\x32\x9c\x03\n\nBankEvents\x12\x63\n\x11\x43hangeCreditLimit\x12-.cardlink.gateway.v1.ChangeCreditLimitRequest\x1a\x1f.cardlink.gateway.v1.CreditLine\x12\x61\n\x10\x46reezeCreditLine\x12,.cardlink.gateway.v1.FreezeCreditLineRequest\x1a\x1f.cardlink.gateway.v1.CreditLine\x12\x65\n\x12UnfreezeCreditLine\x12..cardlink.gateway.v1.UnfreezeCreditLineRequest\x1a\x1f.cardlink.gateway.v1.CreditLine\x12_\n\x0f\x43loseCreditLine\x12+.cardlink.gateway.v1.CloseCreditLineRequest\x1a\x1f.cardlink.gateway.v1.CreditLineb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,30 +41,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHANGECREDITLIMITREQUEST'].fields_by_name['limit']._serialized_options = b'\342A\001\002'
   _globals['_CHANGECREDITLIMITREQUEST'].fields_by_name['request_id']._loaded_options = None
   _globals['_CHANGECREDITLIMITREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\002\342\214\317\327\010\002\010\001'
+  _globals['_CHANGECREDITLIMITREQUEST'].fields_by_name['event_sequence']._loaded_options = None
+  _globals['_CHANGECREDITLIMITREQUEST'].fields_by_name['event_sequence']._serialized_options = b'\342A\001\002'
   _globals['_FREEZECREDITLINEREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_FREEZECREDITLINEREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A!\n\037gateway.cardlink.dev/CreditLine'
   _globals['_FREEZECREDITLINEREQUEST'].fields_by_name['reason']._loaded_options = None
   _globals['_FREEZECREDITLINEREQUEST'].fields_by_name['reason']._serialized_options = b'\342A\001\002'
   _globals['_FREEZECREDITLINEREQUEST'].fields_by_name['request_id']._loaded_options = None
   _globals['_FREEZECREDITLINEREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\002\342\214\317\327\010\002\010\001'
+  _globals['_FREEZECREDITLINEREQUEST'].fields_by_name['event_sequence']._loaded_options = None
+  _globals['_FREEZECREDITLINEREQUEST'].fields_by_name['event_sequence']._serialized_options = b'\342A\001\002'
   _globals['_UNFREEZECREDITLINEREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_UNFREEZECREDITLINEREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A!\n\037gateway.cardlink.dev/CreditLine'
   _globals['_UNFREEZECREDITLINEREQUEST'].fields_by_name['request_id']._loaded_options = None
   _globals['_UNFREEZECREDITLINEREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\002\342\214\317\327\010\002\010\001'
+  _globals['_UNFREEZECREDITLINEREQUEST'].fields_by_name['event_sequence']._loaded_options = None
+  _globals['_UNFREEZECREDITLINEREQUEST'].fields_by_name['event_sequence']._serialized_options = b'\342A\001\002'
   _globals['_CLOSECREDITLINEREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_CLOSECREDITLINEREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A!\n\037gateway.cardlink.dev/CreditLine'
   _globals['_CLOSECREDITLINEREQUEST'].fields_by_name['reason']._loaded_options = None
   _globals['_CLOSECREDITLINEREQUEST'].fields_by_name['reason']._serialized_options = b'\342A\001\002'
   _globals['_CLOSECREDITLINEREQUEST'].fields_by_name['request_id']._loaded_options = None
   _globals['_CLOSECREDITLINEREQUEST'].fields_by_name['request_id']._serialized_options = b'\342A\001\002\342\214\317\327\010\002\010\001'
+  _globals['_CLOSECREDITLINEREQUEST'].fields_by_name['event_sequence']._loaded_options = None
+  _globals['_CLOSECREDITLINEREQUEST'].fields_by_name['event_sequence']._serialized_options = b'\342A\001\002'
   _globals['_CHANGECREDITLIMITREQUEST']._serialized_start=189
-  _globals['_CHANGECREDITLIMITREQUEST']._serialized_end=354
-  _globals['_FREEZECREDITLINEREQUEST']._serialized_start=357
-  _globals['_FREEZECREDITLINEREQUEST']._serialized_end=494
-  _globals['_UNFREEZECREDITLINEREQUEST']._serialized_start=496
-  _globals['_UNFREEZECREDITLINEREQUEST']._serialized_end=613
-  _globals['_CLOSECREDITLINEREQUEST']._serialized_start=616
-  _globals['_CLOSECREDITLINEREQUEST']._serialized_end=752
-  _globals['_BANKEVENTS']._serialized_start=755
-  _globals['_BANKEVENTS']._serialized_end=1167
+  _globals['_CHANGECREDITLIMITREQUEST']._serialized_end=384
+  _globals['_FREEZECREDITLINEREQUEST']._serialized_start=387
+  _globals['_FREEZECREDITLINEREQUEST']._serialized_end=554
+  _globals['_UNFREEZECREDITLINEREQUEST']._serialized_start=557
+  _globals['_UNFREEZECREDITLINEREQUEST']._serialized_end=704
+  _globals['_CLOSECREDITLINEREQUEST']._serialized_start=707
+  _globals['_CLOSECREDITLINEREQUEST']._serialized_end=873
+  _globals['_BANKEVENTS']._serialized_start=876
+  _globals['_BANKEVENTS']._serialized_end=1288
 # @@protoc_insertion_point(module_scope)

@@ -26,10 +26,17 @@ class ChangeCreditLimitRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    EVENT_SEQUENCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. The credit line."""
     request_id: _builtins.str
     """Required. A UUID4 (the bank's event id)."""
+    event_sequence: _builtins.int
+    """Required. Where this event stands in the bank's order of events for the
+    credit line: above the sequence of every earlier event of its kind (a
+    per-line counter, or the event's time in microseconds since the epoch),
+    1 to 2^53 - 1.
+    """
     @_builtins.property
     def limit(self) -> _resources_pb2.Money:
         """Required. The new limit, in the line's currency, zero or more."""
@@ -40,10 +47,11 @@ class ChangeCreditLimitRequest(_message.Message):
         name: _builtins.str = ...,
         limit: _resources_pb2.Money | None = ...,
         request_id: _builtins.str = ...,
+        event_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_sequence", b"event_sequence", "limit", b"limit", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -58,6 +66,7 @@ class FreezeCreditLineRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    EVENT_SEQUENCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. The credit line."""
     reason: _builtins.str
@@ -66,16 +75,23 @@ class FreezeCreditLineRequest(_message.Message):
     """
     request_id: _builtins.str
     """Required. A UUID4 (the bank's event id)."""
+    event_sequence: _builtins.int
+    """Required. Where this event stands in the bank's order of events for the
+    credit line: above the sequence of every earlier event of its kind (a
+    per-line counter, or the event's time in microseconds since the epoch),
+    1 to 2^53 - 1.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         reason: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        event_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_sequence", b"event_sequence", "name", b"name", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -89,19 +105,27 @@ class UnfreezeCreditLineRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    EVENT_SEQUENCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. The credit line."""
     request_id: _builtins.str
     """Required. A UUID4 (the bank's event id)."""
+    event_sequence: _builtins.int
+    """Required. Where this event stands in the bank's order of events for the
+    credit line: above the sequence of every earlier event of its kind (a
+    per-line counter, or the event's time in microseconds since the epoch),
+    1 to 2^53 - 1.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        event_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_sequence", b"event_sequence", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -116,6 +140,7 @@ class CloseCreditLineRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    EVENT_SEQUENCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Required. The credit line."""
     reason: _builtins.str
@@ -124,16 +149,23 @@ class CloseCreditLineRequest(_message.Message):
     """
     request_id: _builtins.str
     """Required. A UUID4 (the bank's event id)."""
+    event_sequence: _builtins.int
+    """Required. Where this event stands in the bank's order of events for the
+    credit line: above the sequence of every earlier event of its kind (a
+    per-line counter, or the event's time in microseconds since the epoch),
+    1 to 2^53 - 1.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         reason: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        event_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_sequence", b"event_sequence", "name", b"name", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -30,6 +30,16 @@ GRPC_VERSION: str
 class BankEventsStub:
     """Called by the bank core with the bank's credential (scope
     `gateway.bank.events`), never by partners.
+
+    Events for one credit line are applied in the bank's order, whatever order
+    they arrive in: every event carries an `event_sequence`. Limit events are
+    ordered among themselves, and so are status events (freeze, unfreeze,
+    close). An event whose sequence is not above the last one applied of its
+    kind (a retry that arrives after a later event) changes nothing and is
+    refused FAILED_PRECONDITION BANK_EVENT_SUPERSEDED, with the applied
+    sequence in the metadata; that refusal is the event's answer and is
+    replayed for its request_id. To apply it still, send it again as a new
+    event (a new request_id and a new sequence).
     """
 
     @_typing.overload
@@ -59,6 +69,16 @@ class BankEventsStub:
 class BankEventsAsyncStub(BankEventsStub):
     """Called by the bank core with the bank's credential (scope
     `gateway.bank.events`), never by partners.
+
+    Events for one credit line are applied in the bank's order, whatever order
+    they arrive in: every event carries an `event_sequence`. Limit events are
+    ordered among themselves, and so are status events (freeze, unfreeze,
+    close). An event whose sequence is not above the last one applied of its
+    kind (a retry that arrives after a later event) changes nothing and is
+    refused FAILED_PRECONDITION BANK_EVENT_SUPERSEDED, with the applied
+    sequence in the metadata; that refusal is the event's answer and is
+    replayed for its request_id. To apply it still, send it again as a new
+    event (a new request_id and a new sequence).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -84,6 +104,16 @@ class BankEventsAsyncStub(BankEventsStub):
 class BankEventsServicer(metaclass=_abc_1.ABCMeta):
     """Called by the bank core with the bank's credential (scope
     `gateway.bank.events`), never by partners.
+
+    Events for one credit line are applied in the bank's order, whatever order
+    they arrive in: every event carries an `event_sequence`. Limit events are
+    ordered among themselves, and so are status events (freeze, unfreeze,
+    close). An event whose sequence is not above the last one applied of its
+    kind (a retry that arrives after a later event) changes nothing and is
+    refused FAILED_PRECONDITION BANK_EVENT_SUPERSEDED, with the applied
+    sequence in the metadata; that refusal is the event's answer and is
+    replayed for its request_id. To apply it still, send it again as a new
+    event (a new request_id and a new sequence).
     """
 
     @_abc_1.abstractmethod
