@@ -22,7 +22,7 @@ from common.errors import (
     invalid_field,
 )
 from gateway.binding import BindingService, bank_key
-from gateway.credit_store import CreditStore
+from gateway.credit_store import BankEvent, CreditStore
 from gateway.idempotency import Codec, IdempotencyStore, fingerprint
 from gateway.models import CreditLine, CreditLineState, Money
 from gateway.names import ChildName, UserName, credit_line_name, derived_id
@@ -117,11 +117,11 @@ class CreditService:
         return await self._idem.run(
             name.tenant, "ChangeCreditLimit", request_id,
             fingerprint(str(name), limit.currency_code, limit.units_minor, sequence),
-            lambda: self._change_limit(name, limit, sequence), self._codec,
+            lambda: self._change_limit(name, limit, BankEvent(sequence, request_id)), self._codec,
         )
 
-    async def _change_limit(self, name: ChildName, limit: Money, sequence: int) -> CreditLine:
-        status, value = await self._store.change_limit(name, self._clock.now(), limit, sequence)
+    async def _change_limit(self, name: ChildName, limit: Money, event: BankEvent) -> CreditLine:
+        status, value = await self._store.change_limit(name, self._clock.now(), limit, event)
         self._check(status, value)
         if status == "CURRENCY":
             raise InvalidArgument("CURRENCY_MISMATCH", "the limit must be in the line's currency",
@@ -137,15 +137,16 @@ class CreditService:
         method = "FreezeCreditLine" if frozen else "UnfreezeCreditLine"
         return await self._idem.run(
             name.tenant, method, request_id, fingerprint(str(name), frozen, reason, sequence),
-            lambda: self._set_frozen(name, frozen, reason, sequence), self._codec,
+            lambda: self._set_frozen(name, frozen, reason, BankEvent(sequence, request_id)),
+            self._codec,
         )
 
     async def _set_frozen(self, name: ChildName, frozen: bool, reason: str,
-                          sequence: int) -> CreditLine:
+                          event: BankEvent) -> CreditLine:
         active, frozen_state = CreditLineState.ACTIVE, CreditLineState.FROZEN
         source, target = (active, frozen_state) if frozen else (frozen_state, active)
         status, value = await self._store.set_state(name, self._clock.now(), source, target,
-                                                    sequence)
+                                                    event)
         self._check(status, value)
         if value == "CHANGED":  # this call moved it (not one before)
             logger.info("credit line %s %s by the bank%s", name,
@@ -157,11 +158,11 @@ class CreditService:
         check_event_sequence(sequence)
         return await self._idem.run(
             name.tenant, "CloseCreditLine", request_id, fingerprint(str(name), reason, sequence),
-            lambda: self._close(name, reason, sequence), self._codec,
+            lambda: self._close(name, reason, BankEvent(sequence, request_id)), self._codec,
         )
 
-    async def _close(self, name: ChildName, reason: str, sequence: int) -> CreditLine:
-        status, value = await self._store.close(name, self._clock.now(), sequence)
+    async def _close(self, name: ChildName, reason: str, event: BankEvent) -> CreditLine:
+        status, value = await self._store.close(name, self._clock.now(), event)
         if status == "IN_USE":
             # As the script saw them: the refusal is the event's answer and is replayed.
             held, outstanding = value.split("/")
@@ -178,8 +179,8 @@ class CreditService:
         if status == "NOT_FOUND":
             raise NotFound("CREDIT_LINE_NOT_FOUND", "credit line not found")
         if status == "SUPERSEDED":
-            # Definite: stored as the event's answer. The bank resends the event
-            # as a new one (new request id and sequence) if it still holds.
+            # Definite: stored as the event's answer. A later event of the bank
+            # decides the line now (this one may have applied before it did).
             raise FailedPrecondition(
                 "BANK_EVENT_SUPERSEDED", "a later event of this kind from the bank was "
                 "applied to the credit line already", metadata={"applied_sequence": value})

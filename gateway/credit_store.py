@@ -1,8 +1,8 @@
 """Redis storage of credit lines (user slot); every change is one Lua script.
 
 A line is a hash ``cl:<id>`` (fields: name, bid, bname, tokn, state, cur,
-limit, held, out, tier, acct, decl, ctime, mtime, and lseq / sseq once a
-bank event of that kind applied) next to the user's
+limit, held, out, tier, acct, decl, ctime, mtime, and lseq / lreq, sseq /
+sreq once a bank event of that kind applied) next to the user's
 bindings, so "the binding is active" and "the user has no other open line"
 are checked in the same script that opens the line. ``clopen`` names the
 user's one open (applied, active or frozen) line; a closed or declined line
@@ -12,6 +12,7 @@ gives the slot up.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -60,18 +61,24 @@ return 1
 """)
 
 # The bank's own events (limit, freeze, unfreeze, close) apply in the bank's
-# order: ARGV[4] is the event's sequence and ARGV[5] the line's field that
-# holds the last one applied of its kind (limit or status). An event not
-# above it arrived after a later one and changes nothing. An event that is
-# refused for the line's state or currency applies nothing and moves nothing.
+# order. ARGV[4] is the event's sequence, ARGV[5] its kind (the prefix of the
+# line's fields ``<kind>seq`` / ``<kind>req``: the sequence and request id of
+# the last event of that kind applied), ARGV[6] its request id. order() says
+# SUPERSEDED for an event not above the last applied (it arrived after a
+# later one), APPLIED for that very event again (a retry whose answer was
+# lost: answered as done, nothing changes), nil to apply it. An event refused
+# for the line's state, currency or money in use records nothing.
 _EVENT = """
 local k = base .. ':cl:' .. ARGV[3]
-local seq, seqf = ARGV[4], ARGV[5]
-local function superseded()
-  local applied = redis.call('HGET', k, seqf) or '0'
-  if tonumber(seq) <= tonumber(applied) then return applied end
-  return nil
+local seq, seqf, reqf, req = ARGV[4], ARGV[5] .. 'seq', ARGV[5] .. 'req', ARGV[6]
+local function order()
+  local last = redis.call('HMGET', k, seqf, reqf)
+  local applied = last[1] or '0'
+  if tonumber(seq) > tonumber(applied) then return nil, applied end
+  if seq == applied and last[2] == req then return 'APPLIED', applied end
+  return 'SUPERSEDED', applied
 end
+local function record() redis.call('HSET', k, seqf, seq, reqf, req) end
 """
 
 # A new limit from the bank. Available is derived (max(0, limit - held -
@@ -79,28 +86,32 @@ end
 _CHANGE_LIMIT = script(_EVENT + """
 local state = redis.call('HGET', k, 'state')
 if not state then return {'NOT_FOUND', ''} end
-local applied = superseded()
-if applied then return {'SUPERSEDED', applied} end
+local verdict, applied = order()
+if verdict == 'APPLIED' then return {'OK', ''} end
+if verdict then return {verdict, applied} end
 if state ~= 'ACTIVE' and state ~= 'FROZEN' then return {'STATE', state} end
 local cur = redis.call('HGET', k, 'cur')
-if cur ~= ARGV[6] then return {'CURRENCY', cur} end
-redis.call('HSET', k, 'limit', ARGV[7], seqf, seq, 'mtime', now)
+if cur ~= ARGV[7] then return {'CURRENCY', cur} end
+redis.call('HSET', k, 'limit', ARGV[8], 'mtime', now)
+record()
 return {'OK', ''}
 """)
 
-# ARGV[6] -> ARGV[7]: {'OK', 'CHANGED'}, or {'OK', ''} if already there (the
+# ARGV[7] -> ARGV[8]: {'OK', 'CHANGED'}, or {'OK', ''} if already there (the
 # event still counts as the latest of its kind).
 _SET_STATE = script(_EVENT + """
 local state = redis.call('HGET', k, 'state')
 if not state then return {'NOT_FOUND', ''} end
-local applied = superseded()
-if applied then return {'SUPERSEDED', applied} end
-if state == ARGV[7] then
-  redis.call('HSET', k, seqf, seq)
+local verdict, applied = order()
+if verdict == 'APPLIED' then return {'OK', ''} end
+if verdict then return {verdict, applied} end
+if state == ARGV[8] then
+  record()
   return {'OK', ''}
 end
-if state ~= ARGV[6] then return {'STATE', state} end
-redis.call('HSET', k, 'state', ARGV[7], seqf, seq, 'mtime', now)
+if state ~= ARGV[7] then return {'STATE', state} end
+redis.call('HSET', k, 'state', ARGV[8], 'mtime', now)
+record()
 return {'OK', 'CHANGED'}
 """)
 
@@ -114,21 +125,37 @@ local clid = ARGV[3]
 local line = redis.call('HMGET', k, 'state', 'held', 'out')
 local state = line[1]
 if not state then return {'NOT_FOUND', ''} end
-local applied = superseded()
-if applied then return {'SUPERSEDED', applied} end
-if state == 'CLOSED' then return {'OK', ''} end
+local verdict, applied = order()
+if verdict == 'APPLIED' then return {'OK', ''} end
+if verdict then return {verdict, applied} end
+if state == 'CLOSED' then
+  record()
+  return {'OK', ''}
+end
 if state ~= 'ACTIVE' and state ~= 'FROZEN' then return {'STATE', state} end
 if tonumber(line[2]) ~= 0 or tonumber(line[3]) ~= 0 then
   return {'IN_USE', line[2] .. '/' .. line[3]}
 end
-redis.call('HSET', k, 'state', 'CLOSED', seqf, seq, 'mtime', now)
+redis.call('HSET', k, 'state', 'CLOSED', 'mtime', now)
+record()
 if redis.call('GET', base .. ':clopen') == clid then redis.call('DEL', base .. ':clopen') end
 return {'OK', 'CLOSED'}
 """)
 
-# Line fields holding the sequence of the last bank event applied, per kind.
-_LIMIT_SEQUENCE = "lseq"
-_STATUS_SEQUENCE = "sseq"
+# The kinds of bank event, ordered apart: the prefix of their line fields.
+_LIMIT_EVENTS = "l"
+_STATUS_EVENTS = "s"
+
+
+@dataclass(frozen=True)
+class BankEvent:
+    """Where a bank event stands in the bank's order, and its request id."""
+
+    sequence: int
+    request_id: str
+
+    def args(self, kind: str) -> tuple[int, str, str]:
+        return self.sequence, kind, self.request_id
 
 
 def _text(value: Any) -> str:
@@ -172,20 +199,20 @@ class CreditStore:
         await self._run(self._decided, name, now, "DECLINED", reason)
 
     async def change_limit(self, name: ChildName, now: float, limit: Money,
-                           sequence: int) -> tuple[str, str]:
+                           event: BankEvent) -> tuple[str, str]:
         """The bank's limit event; ``('SUPERSEDED', applied)`` if a later one applied."""
-        return await self._run(self._change_limit, name, now, sequence, _LIMIT_SEQUENCE,
+        return await self._run(self._change_limit, name, now, *event.args(_LIMIT_EVENTS),
                                limit.currency_code, limit.units_minor)
 
     async def set_state(self, name: ChildName, now: float, from_state: CreditLineState,
-                        to_state: CreditLineState, sequence: int) -> tuple[str, str]:
+                        to_state: CreditLineState, event: BankEvent) -> tuple[str, str]:
         """The bank's freeze or unfreeze event (a status event)."""
-        return await self._run(self._set_state, name, now, sequence, _STATUS_SEQUENCE,
+        return await self._run(self._set_state, name, now, *event.args(_STATUS_EVENTS),
                                from_state.value, to_state.value)
 
-    async def close(self, name: ChildName, now: float, sequence: int) -> tuple[str, str]:
+    async def close(self, name: ChildName, now: float, event: BankEvent) -> tuple[str, str]:
         """The bank's close event (a status event)."""
-        return await self._run(self._close, name, now, sequence, _STATUS_SEQUENCE)
+        return await self._run(self._close, name, now, *event.args(_STATUS_EVENTS))
 
     async def load(self, name: ChildName) -> tuple[CreditLine, str] | None:
         """The line and its card's vault token name."""

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cardlink.bank.v1 import bank_core_pb2
 from cardlink.gateway.v1 import bank_events_pb2_grpc, resources_pb2
 from common.auth import bearer_metadata
-from common.errors import FailedPrecondition, InvalidArgument
-from gateway.names import parse_user
+from common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from gateway.credit_store import CreditStore
+from gateway.names import ChildName, parse_user
 from tests.gateway import bank_events as event
 from tests.gateway.conftest import (
     ALICE,
@@ -238,19 +241,69 @@ async def test_a_limit_event_that_arrives_after_a_later_one_changes_nothing(
     error = await refused(events.ChangeCreditLimit(late, metadata=auth))
     assert isinstance(error, FailedPrecondition) and error.reason == "BANK_EVENT_SUPERSEDED"
     assert error.metadata == {"applied_sequence": str(second)}
-    # The refusal is the event's answer: its retries get it again.
-    again = await refused(events.ChangeCreditLimit(late, metadata=auth))
-    assert (again.reason, again.metadata) == (error.reason, error.metadata)
     after = await keyspace_snapshot(stack.redis, stack.gateway.keyspace.pattern)
-    assert {k: v for k, v in after.items() if k not in before} != {}  # the stored answer
-    assert {k: v for k, v in after.items() if k in before} == before  # nothing else moved
+    assert {k: v for k, v in after.items() if k in before} == before  # the line did not move
     assert (await (await stack.sdk()).get_credit_line(line.name)).limit.units_minor == 1000
-    # The same sequence twice is not "later": only a higher one applies.
+    # The same sequence from another event is not "later": only a higher one applies.
     same = await refused(events.ChangeCreditLimit(
         event.limit_change(line.name, 3000, sequence=second), metadata=auth))
     assert same.reason == "BANK_EVENT_SUPERSEDED"
     raised = await events.ChangeCreditLimit(event.limit_change(line.name, 3000), metadata=auth)
     assert raised.limit.units_minor == 3000
+    # The refusal is the late event's stored answer, replayed as it was given.
+    again = await refused(events.ChangeCreditLimit(late, metadata=auth))
+    assert (again.reason, again.metadata) == (error.reason, error.metadata)
+
+
+@pytest.mark.parametrize("kind", ["limit", "freeze", "unfreeze", "close"])
+async def test_a_bank_event_retried_after_it_applied_is_answered_as_done(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """The event applies, then reading the line back fails (Redis times out):
+    UNAVAILABLE, and the bank sends the same event again. It gets the line,
+    not a refusal by its own sequence, and nothing is applied twice."""
+    line = await active_line(stack, "u-25")
+    events, auth = bank_events(stack), bank_auth(stack)
+    if kind == "unfreeze":
+        await events.FreezeCreditLine(event.freeze(line.name), metadata=auth)
+    send: dict[str, tuple[Any, Any, int]] = {
+        "limit": (events.ChangeCreditLimit, event.limit_change(line.name, 1234),
+                  Line.STATE_ACTIVE),
+        "freeze": (events.FreezeCreditLine, event.freeze(line.name), Line.STATE_FROZEN),
+        "unfreeze": (events.UnfreezeCreditLine, event.unfreeze(line.name), Line.STATE_ACTIVE),
+        "close": (events.CloseCreditLine, event.close(line.name), Line.STATE_CLOSED),
+    }
+    call, request, state = send[kind]
+    load, failures = CreditStore.load, [RedisTimeoutError("the read-back timed out")]
+
+    async def load_times_out_once(store: CreditStore, name: ChildName) -> Any:
+        if failures:
+            raise failures.pop()
+        return await load(store, name)
+
+    monkeypatch.setattr(CreditStore, "load", load_times_out_once)
+    assert isinstance(await refused(call(request, metadata=auth)), Unavailable)
+    monkeypatch.undo()
+    applied = await keyspace_snapshot(stack.redis, stack.gateway.keyspace.pattern)
+    retried = await call(request, metadata=auth)
+    assert retried.state == state
+    assert retried.limit.units_minor == (1234 if kind == "limit" else 500000)
+    # Applied once: nothing moved but the request's record (released -> done).
+    after = await keyspace_snapshot(stack.redis, stack.gateway.keyspace.pattern)
+    assert after.keys() == applied.keys()
+    assert {k for k in after if after[k] != applied[k]} == {
+        k for k in after if b"/idem/" in k and request.request_id.encode() in k}
+
+
+async def test_a_close_on_a_closed_line_counts_as_the_latest_status_event(stack: Stack) -> None:
+    line = await active_line(stack, "u-26")
+    events, auth = bank_events(stack), bank_auth(stack)
+    first, middle, last = (event.next_event_sequence() for _ in range(3))
+    await events.CloseCreditLine(event.close(line.name, sequence=first), metadata=auth)
+    await events.CloseCreditLine(event.close(line.name, sequence=last), metadata=auth)
+    stale = await refused(events.UnfreezeCreditLine(event.unfreeze(line.name, sequence=middle),
+                                                    metadata=auth))
+    assert (stale.reason, stale.metadata) == ("BANK_EVENT_SUPERSEDED",
+                                              {"applied_sequence": str(last)})
 
 
 async def test_a_freeze_that_arrives_after_the_unfreeze_leaves_the_line_active(

@@ -36,9 +36,11 @@ class BankEventsStub:
     close). An event whose sequence is not above the last one applied of its
     kind (a retry that arrives after a later event) changes nothing and is
     refused FAILED_PRECONDITION BANK_EVENT_SUPERSEDED, with the applied
-    sequence in the metadata; that refusal is the event's answer and is
-    replayed for its request_id. To apply it still, send it again as a new
-    event (a new request_id and a new sequence).
+    sequence in the metadata: the later event decides the line now (this one
+    may or may not have applied before it), so drop this one. That refusal is
+    the event's answer and is replayed for its request_id. A retry of the
+    last event applied (same request_id and sequence) is answered with the
+    line, as done.
     """
 
     def __init__(self, channel):
@@ -79,9 +81,11 @@ class BankEventsServicer:
     close). An event whose sequence is not above the last one applied of its
     kind (a retry that arrives after a later event) changes nothing and is
     refused FAILED_PRECONDITION BANK_EVENT_SUPERSEDED, with the applied
-    sequence in the metadata; that refusal is the event's answer and is
-    replayed for its request_id. To apply it still, send it again as a new
-    event (a new request_id and a new sequence).
+    sequence in the metadata: the later event decides the line now (this one
+    may or may not have applied before it), so drop this one. That refusal is
+    the event's answer and is replayed for its request_id. A retry of the
+    last event applied (same request_id and sequence) is answered with the
+    line, as done.
     """
 
     def ChangeCreditLimit(self, request, context):
@@ -161,9 +165,11 @@ class BankEvents:
     close). An event whose sequence is not above the last one applied of its
     kind (a retry that arrives after a later event) changes nothing and is
     refused FAILED_PRECONDITION BANK_EVENT_SUPERSEDED, with the applied
-    sequence in the metadata; that refusal is the event's answer and is
-    replayed for its request_id. To apply it still, send it again as a new
-    event (a new request_id and a new sequence).
+    sequence in the metadata: the later event decides the line now (this one
+    may or may not have applied before it), so drop this one. That refusal is
+    the event's answer and is replayed for its request_id. A retry of the
+    last event applied (same request_id and sequence) is answered with the
+    line, as done.
     """
 
     @staticmethod
