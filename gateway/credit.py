@@ -10,6 +10,7 @@ the bank decides once and no second line appears.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from common.clock import Clock
 from common.errors import (
@@ -111,14 +112,24 @@ class CreditService:
     # freeze, unfreeze, close) apply in that order whatever order they arrive
     # in, so a retry that lands after a later event cannot undo it.
 
+    async def _bank_event(self, name: ChildName, method: str, request_id: str, sequence: int,
+                          fields: tuple[object, ...],
+                          apply: Callable[[BankEvent], Awaitable[CreditLine]]) -> CreditLine:
+        """Run ``apply`` once per request id; the event it gets names this very
+        event (method, request id and request), so the line can tell its retry
+        from another event that reuses its ids."""
+        check_event_sequence(sequence)
+        request = fingerprint(str(name), *fields, sequence)
+        event = BankEvent(sequence, fingerprint(method, request_id, request))
+        return await self._idem.run(name.tenant, method, request_id, request,
+                                    lambda: apply(event), self._codec)
+
     async def change_limit(self, name: ChildName, limit: Money, sequence: int,
                            request_id: str) -> CreditLine:
-        check_event_sequence(sequence)
-        return await self._idem.run(
-            name.tenant, "ChangeCreditLimit", request_id,
-            fingerprint(str(name), limit.currency_code, limit.units_minor, sequence),
-            lambda: self._change_limit(name, limit, BankEvent(sequence, request_id)), self._codec,
-        )
+        return await self._bank_event(
+            name, "ChangeCreditLimit", request_id, sequence,
+            (limit.currency_code, limit.units_minor),
+            lambda event: self._change_limit(name, limit, event))
 
     async def _change_limit(self, name: ChildName, limit: Money, event: BankEvent) -> CreditLine:
         status, value = await self._store.change_limit(name, self._clock.now(), limit, event)
@@ -133,13 +144,9 @@ class CreditService:
     async def set_frozen(self, name: ChildName, frozen: bool, sequence: int, request_id: str,
                          reason: str = "") -> CreditLine:
         """Freeze (with the bank's ``reason`` code) or unfreeze."""
-        check_event_sequence(sequence)
-        method = "FreezeCreditLine" if frozen else "UnfreezeCreditLine"
-        return await self._idem.run(
-            name.tenant, method, request_id, fingerprint(str(name), frozen, reason, sequence),
-            lambda: self._set_frozen(name, frozen, reason, BankEvent(sequence, request_id)),
-            self._codec,
-        )
+        return await self._bank_event(
+            name, "FreezeCreditLine" if frozen else "UnfreezeCreditLine", request_id, sequence,
+            (frozen, reason), lambda event: self._set_frozen(name, frozen, reason, event))
 
     async def _set_frozen(self, name: ChildName, frozen: bool, reason: str,
                           event: BankEvent) -> CreditLine:
@@ -155,11 +162,8 @@ class CreditService:
 
     async def close(self, name: ChildName, reason: str, sequence: int,
                     request_id: str) -> CreditLine:
-        check_event_sequence(sequence)
-        return await self._idem.run(
-            name.tenant, "CloseCreditLine", request_id, fingerprint(str(name), reason, sequence),
-            lambda: self._close(name, reason, BankEvent(sequence, request_id)), self._codec,
-        )
+        return await self._bank_event(name, "CloseCreditLine", request_id, sequence, (reason,),
+                                      lambda event: self._close(name, reason, event))
 
     async def _close(self, name: ChildName, reason: str, event: BankEvent) -> CreditLine:
         status, value = await self._store.close(name, self._clock.now(), event)

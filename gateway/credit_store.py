@@ -1,8 +1,8 @@
 """Redis storage of credit lines (user slot); every change is one Lua script.
 
 A line is a hash ``cl:<id>`` (fields: name, bid, bname, tokn, state, cur,
-limit, held, out, tier, acct, decl, ctime, mtime, and lseq / lreq, sseq /
-sreq once a bank event of that kind applied) next to the user's
+limit, held, out, tier, acct, decl, ctime, mtime, and lseq / levt, sseq /
+sevt once a bank event of that kind applied) next to the user's
 bindings, so "the binding is active" and "the user has no other open line"
 are checked in the same script that opens the line. ``clopen`` names the
 user's one open (applied, active or frozen) line; a closed or declined line
@@ -62,23 +62,24 @@ return 1
 
 # The bank's own events (limit, freeze, unfreeze, close) apply in the bank's
 # order. ARGV[4] is the event's sequence, ARGV[5] its kind (the prefix of the
-# line's fields ``<kind>seq`` / ``<kind>req``: the sequence and request id of
-# the last event of that kind applied), ARGV[6] its request id. order() says
-# SUPERSEDED for an event not above the last applied (it arrived after a
-# later one), APPLIED for that very event again (a retry whose answer was
-# lost: answered as done, nothing changes), nil to apply it. An event refused
-# for the line's state, currency or money in use records nothing.
+# line's fields ``<kind>seq`` / ``<kind>evt``: the sequence and identity of
+# the last event of that kind applied), ARGV[6] its identity (a digest of its
+# method, request id and request). order() says SUPERSEDED for an event not
+# above the last applied (it arrived after a later one, or reuses a sequence),
+# APPLIED for that very event again (a retry whose answer was lost: answered
+# as done, nothing changes), nil to apply it. An event refused for the line's
+# state, currency or money in use records nothing.
 _EVENT = """
 local k = base .. ':cl:' .. ARGV[3]
-local seq, seqf, reqf, req = ARGV[4], ARGV[5] .. 'seq', ARGV[5] .. 'req', ARGV[6]
+local seq, seqf, evtf, evt = ARGV[4], ARGV[5] .. 'seq', ARGV[5] .. 'evt', ARGV[6]
 local function order()
-  local last = redis.call('HMGET', k, seqf, reqf)
+  local last = redis.call('HMGET', k, seqf, evtf)
   local applied = last[1] or '0'
   if tonumber(seq) > tonumber(applied) then return nil, applied end
-  if seq == applied and last[2] == req then return 'APPLIED', applied end
+  if tonumber(seq) == tonumber(applied) and last[2] == evt then return 'APPLIED', applied end
   return 'SUPERSEDED', applied
 end
-local function record() redis.call('HSET', k, seqf, seq, reqf, req) end
+local function record() redis.call('HSET', k, seqf, seq, evtf, evt) end
 """
 
 # A new limit from the bank. Available is derived (max(0, limit - held -
@@ -149,13 +150,14 @@ _STATUS_EVENTS = "s"
 
 @dataclass(frozen=True)
 class BankEvent:
-    """Where a bank event stands in the bank's order, and its request id."""
+    """Where a bank event stands in the bank's order, and what tells this very
+    event apart from any other (a digest of its method, request id and request)."""
 
     sequence: int
-    request_id: str
+    identity: str
 
     def args(self, kind: str) -> tuple[int, str, str]:
-        return self.sequence, kind, self.request_id
+        return self.sequence, kind, self.identity
 
 
 def _text(value: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 import pytest
@@ -284,6 +285,7 @@ async def test_a_bank_event_retried_after_it_applied_is_answered_as_done(
     assert isinstance(await refused(call(request, metadata=auth)), Unavailable)
     monkeypatch.undo()
     applied = await keyspace_snapshot(stack.redis, stack.gateway.keyspace.pattern)
+    stack.clock.advance(60)  # a second application would move the line's update time
     retried = await call(request, metadata=auth)
     assert retried.state == state
     assert retried.limit.units_minor == (1234 if kind == "limit" else 500000)
@@ -292,6 +294,73 @@ async def test_a_bank_event_retried_after_it_applied_is_answered_as_done(
     assert after.keys() == applied.keys()
     assert {k for k in after if after[k] != applied[k]} == {
         k for k in after if b"/idem/" in k and request.request_id.encode() in k}
+
+
+@pytest.mark.parametrize("kind", ["close", "unfreeze"])
+async def test_another_event_reusing_an_applied_events_ids_is_superseded_not_done(
+        stack: Stack, kind: str) -> None:
+    """A freeze applies; a close or an unfreeze (another method) comes with its
+    request id and sequence. It is not "the freeze again": never a success
+    answer for a change that did not happen."""
+    line = await active_line(stack, "u-27")
+    events, auth = bank_events(stack), bank_auth(stack)
+    request_id, sequence = str(uuid.uuid4()), event.next_event_sequence()
+    await events.FreezeCreditLine(event.freeze(line.name, request_id=request_id,
+                                               sequence=sequence), metadata=auth)
+    reuse = events.CloseCreditLine(event.close(
+        line.name, request_id=request_id, sequence=sequence), metadata=auth) if (
+        kind == "close") else events.UnfreezeCreditLine(event.unfreeze(
+            line.name, request_id=request_id, sequence=sequence), metadata=auth)
+    error = await refused(reuse)
+    assert error.reason == "BANK_EVENT_SUPERSEDED"
+    assert (await (await stack.sdk()).get_credit_line(line.name)).state == Line.STATE_FROZEN
+
+
+async def test_a_new_request_under_an_applied_events_ids_is_superseded_not_done(
+        stack: Stack) -> None:
+    """Once the request's record is gone (its retention ended: deleted here),
+    another limit under the same request id and sequence is not that event."""
+    line = await active_line(stack, "u-28")
+    events, auth = bank_events(stack), bank_auth(stack)
+    request_id, sequence = str(uuid.uuid4()), event.next_event_sequence()
+    await events.ChangeCreditLimit(event.limit_change(
+        line.name, 1234, request_id=request_id, sequence=sequence), metadata=auth)
+    async for key in stack.redis.scan_iter(match=stack.gateway.keyspace.pattern):
+        if b"/idem/" + request_id.encode() in key:
+            await stack.redis.delete(key)
+    error = await refused(events.ChangeCreditLimit(event.limit_change(
+        line.name, 9999, request_id=request_id, sequence=sequence), metadata=auth))
+    assert error.reason == "BANK_EVENT_SUPERSEDED"
+    assert (await (await stack.sdk()).get_credit_line(line.name)).limit.units_minor == 1234
+
+
+async def test_sequences_compare_as_numbers(stack: Stack) -> None:
+    line = await active_line(stack, "u-29")
+    events, auth = bank_events(stack), bank_auth(stack)
+    await events.ChangeCreditLimit(event.limit_change(line.name, 100, sequence=9), metadata=auth)
+    later = await events.ChangeCreditLimit(event.limit_change(line.name, 200, sequence=10),
+                                           metadata=auth)
+    assert later.limit.units_minor == 200
+
+
+async def test_limit_events_refused_for_currency_or_state_move_no_sequence(
+        stack: Stack) -> None:
+    line = await active_line(stack, "u-30")
+    events, auth = bank_events(stack), bank_auth(stack)
+    seq = [event.next_event_sequence() for _ in range(6)]
+    wrong = await refused(events.ChangeCreditLimit(
+        event.limit_change(line.name, 1, "USD", sequence=seq[1]), metadata=auth))
+    assert wrong.reason == "CURRENCY_MISMATCH"
+    earlier = await events.ChangeCreditLimit(
+        event.limit_change(line.name, 700, sequence=seq[0]), metadata=auth)
+    assert earlier.limit.units_minor == 700
+    await events.CloseCreditLine(event.close(line.name, sequence=seq[2]), metadata=auth)
+    closed = await refused(events.ChangeCreditLimit(
+        event.limit_change(line.name, 800, sequence=seq[5]), metadata=auth))
+    assert closed.reason == "CREDIT_LINE_STATE"
+    late = await refused(events.ChangeCreditLimit(
+        event.limit_change(line.name, 900, sequence=seq[4]), metadata=auth))
+    assert late.reason == "CREDIT_LINE_STATE"  # not superseded by the refused seq[5]
 
 
 async def test_a_close_on_a_closed_line_counts_as_the_latest_status_event(stack: Stack) -> None:

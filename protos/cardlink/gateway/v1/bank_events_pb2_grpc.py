@@ -39,8 +39,9 @@ class BankEventsStub:
     sequence in the metadata: the later event decides the line now (this one
     may or may not have applied before it), so drop this one. That refusal is
     the event's answer and is replayed for its request_id. A retry of the
-    last event applied (same request_id and sequence) is answered with the
-    line, as done.
+    last event applied (the same request, request_id and sequence) is
+    answered with the line, as done; another event that reuses its sequence
+    is superseded.
     """
 
     def __init__(self, channel):
@@ -84,8 +85,9 @@ class BankEventsServicer:
     sequence in the metadata: the later event decides the line now (this one
     may or may not have applied before it), so drop this one. That refusal is
     the event's answer and is replayed for its request_id. A retry of the
-    last event applied (same request_id and sequence) is answered with the
-    line, as done.
+    last event applied (the same request, request_id and sequence) is
+    answered with the line, as done; another event that reuses its sequence
+    is superseded.
     """
 
     def ChangeCreditLimit(self, request, context):
@@ -115,7 +117,8 @@ class BankEventsServicer:
         closed already is returned as it is. Refused (FAILED_PRECONDITION
         CREDIT_LINE_IN_USE, with the amounts) while money is held or outstanding
         on it: freeze it until that is settled, then send a new event (a new
-        request_id: the refusal is that event's answer and is replayed). A line
+        request_id and a new event_sequence: the refusal is that event's answer
+        and is replayed). A line
         still awaiting the bank's decision is refused ABORTED: retry the same
         event. Once closed, its binding may be unbound and the user may apply
         for a new line.
@@ -168,8 +171,9 @@ class BankEvents:
     sequence in the metadata: the later event decides the line now (this one
     may or may not have applied before it), so drop this one. That refusal is
     the event's answer and is replayed for its request_id. A retry of the
-    last event applied (same request_id and sequence) is answered with the
-    line, as done.
+    last event applied (the same request, request_id and sequence) is
+    answered with the line, as done; another event that reuses its sequence
+    is superseded.
     """
 
     @staticmethod

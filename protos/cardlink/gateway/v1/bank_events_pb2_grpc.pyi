@@ -40,8 +40,9 @@ class BankEventsStub:
     sequence in the metadata: the later event decides the line now (this one
     may or may not have applied before it), so drop this one. That refusal is
     the event's answer and is replayed for its request_id. A retry of the
-    last event applied (same request_id and sequence) is answered with the
-    line, as done.
+    last event applied (the same request, request_id and sequence) is
+    answered with the line, as done; another event that reuses its sequence
+    is superseded.
     """
 
     @_typing.overload
@@ -61,7 +62,8 @@ class BankEventsStub:
     closed already is returned as it is. Refused (FAILED_PRECONDITION
     CREDIT_LINE_IN_USE, with the amounts) while money is held or outstanding
     on it: freeze it until that is settled, then send a new event (a new
-    request_id: the refusal is that event's answer and is replayed). A line
+    request_id and a new event_sequence: the refusal is that event's answer
+    and is replayed). A line
     still awaiting the bank's decision is refused ABORTED: retry the same
     event. Once closed, its binding may be unbound and the user may apply
     for a new line.
@@ -81,8 +83,9 @@ class BankEventsAsyncStub(BankEventsStub):
     sequence in the metadata: the later event decides the line now (this one
     may or may not have applied before it), so drop this one. That refusal is
     the event's answer and is replayed for its request_id. A retry of the
-    last event applied (same request_id and sequence) is answered with the
-    line, as done.
+    last event applied (the same request, request_id and sequence) is
+    answered with the line, as done; another event that reuses its sequence
+    is superseded.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -99,7 +102,8 @@ class BankEventsAsyncStub(BankEventsStub):
     closed already is returned as it is. Refused (FAILED_PRECONDITION
     CREDIT_LINE_IN_USE, with the amounts) while money is held or outstanding
     on it: freeze it until that is settled, then send a new event (a new
-    request_id: the refusal is that event's answer and is replayed). A line
+    request_id and a new event_sequence: the refusal is that event's answer
+    and is replayed). A line
     still awaiting the bank's decision is refused ABORTED: retry the same
     event. Once closed, its binding may be unbound and the user may apply
     for a new line.
@@ -118,8 +122,9 @@ class BankEventsServicer(metaclass=_abc_1.ABCMeta):
     sequence in the metadata: the later event decides the line now (this one
     may or may not have applied before it), so drop this one. That refusal is
     the event's answer and is replayed for its request_id. A retry of the
-    last event applied (same request_id and sequence) is answered with the
-    line, as done.
+    last event applied (the same request, request_id and sequence) is
+    answered with the line, as done; another event that reuses its sequence
+    is superseded.
     """
 
     @_abc_1.abstractmethod
@@ -158,7 +163,8 @@ class BankEventsServicer(metaclass=_abc_1.ABCMeta):
         closed already is returned as it is. Refused (FAILED_PRECONDITION
         CREDIT_LINE_IN_USE, with the amounts) while money is held or outstanding
         on it: freeze it until that is settled, then send a new event (a new
-        request_id: the refusal is that event's answer and is replayed). A line
+        request_id and a new event_sequence: the refusal is that event's answer
+        and is replayed). A line
         still awaiting the bank's decision is refused ABORTED: retry the same
         event. Once closed, its binding may be unbound and the user may apply
         for a new line.
