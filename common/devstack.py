@@ -200,7 +200,9 @@ SERVICES: tuple[Service, ...] = (
         default_listen="127.0.0.1:7002",
         arrives_with="issue 5",
         issuer="cardlink-gateway",
-        hints=("grpcurl -plaintext {listen} list",),
+        hints=("make demo        # in another terminal: bind a card with a one-time code, "
+               "activate credit",
+               "grpcurl -plaintext {listen} list"),
     ),
 )
 

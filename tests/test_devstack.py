@@ -529,13 +529,24 @@ def test_a_second_stack_on_the_same_state_is_refused(
 @pytest.mark.skipif(
     not devstack.module_available("vault"), reason="`python -m vault` does not exist yet"
 )
-def test_make_run_brings_up_the_real_stack(stack_env: dict[str, str], stacks: list[Stack]) -> None:
-    stack_env["CARDLINK_VAULT_LISTEN"] = f"127.0.0.1:{_free_port()}"
-    stack_env["CARDLINK_BANKSIM_LISTEN"] = f"127.0.0.1:{_free_port()}"
-    stack_env["CARDLINK_GATEWAY_LISTEN"] = f"127.0.0.1:{_free_port()}"
+def test_make_run_brings_up_the_real_stack_and_make_demo_runs_on_it_again_and_again(
+        stack_env: dict[str, str], stacks: list[Stack]) -> None:
+    for name in ("VAULT", "BANKSIM", "GATEWAY"):
+        stack_env[f"CARDLINK_{name}_LISTEN"] = f"127.0.0.1:{_free_port()}"
+    # One binding attempt per card a day: a rerun of the demo must not try again.
+    stack_env["CARDLINK_GATEWAY_MAX_CARD_ATTEMPTS"] = "1"
     stack = Stack([sys.executable, "-m", "common.devstack"], stack_env)
     stacks.append(stack)
     stack.wait_for(READY)
+    assert "make demo" in stack.output()
+    demo_env = {**stack_env, **{f"CARDLINK_{name}_TARGET": stack_env[f"CARDLINK_{name}_LISTEN"]
+                                for name in ("VAULT", "BANKSIM", "GATEWAY")}}
+    for _ in range(2):
+        demo = subprocess.run([sys.executable, "-m", "clients.demo"], env=demo_env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=START_BOUND_S, check=False)
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        assert "state=STATE_ACTIVE" in demo.stdout and "failure=" in demo.stdout
+        assert "Demo done." in demo.stdout
     stack.process.send_signal(signal.SIGINT)
     code, output = stack.finish()
     assert code == 0, output

@@ -169,8 +169,10 @@ def confirm(args: argparse.Namespace, what: str, out: Output) -> bool:
 async def status(stub: admin_pb2_grpc.KeyAdminAsyncStub, args: argparse.Namespace,
                  out: Output) -> int:
     reply = await stub.GetKeyStatus(admin_pb2.GetKeyStatusRequest(), timeout=args.timeout)
-    lines = [f"mode {reply.seal.mode}, {'SEALED' if reply.seal.sealed else 'unsealed'}, "
-             f"keyring generation {reply.generation}"]
+    refused = (f", {reply.seal.refused_shares} refused unseal shares"
+               if reply.seal.mode == "production" else "")
+    lines = [f"mode {reply.seal.mode}, {'SEALED' if reply.seal.sealed else 'unsealed'}"
+             f"{refused}, keyring generation {reply.generation}"]
     for v in reply.versions:
         extra = f" records={v.record_count}" if v.kind in (1, 2) else ""
         if v.HasField("expire_time"):
@@ -190,7 +192,9 @@ async def rotate(stub: admin_pb2_grpc.KeyAdminAsyncStub, args: argparse.Namespac
     reply = await stub.RotateKey(admin_pb2.RotateKeyRequest(kind=args.kind_value),
                                  timeout=args.timeout)
     hint = {1: "; run `rewrap`, then `retire kek <old>`",
-            2: "; run `rewrap`, then `retire fp <old>`",
+            2: "; new mappings go to it once it has settled (CARDLINK_KEY_SETTLE_S, 30 s by "
+               "default, so every vault process knows it): run `rewrap` after that, then "
+               "`retire fp <old>`",
             3: "; the previous key keeps opening cards until its grace period ends",
             4: "; publish the new public key to pinned clients, then `retire sign <old>`"}
     out.result(as_dict(reply), f"{args.kind} v{reply.version} ({reply.key_id}) is current"

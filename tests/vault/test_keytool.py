@@ -252,6 +252,8 @@ async def test_production_ceremony_with_the_tool(redis_url: str, key_prefix: str
         assert last_json(unsealed.out)["sealed"] is False
         assert "no passphrase" in last_json(unsealed.err)["warning"]  # type: ignore[operator]
         assert await keytool(vault, "status") == 0
+        # Shares refused locally (wrong key, wrong passphrase) never reached the vault.
+        assert "mode production, unsealed, 0 refused unseal shares" in capsys.readouterr().out
         # Rekey: each custodian confirms and submits a share; the last gets the new set,
         # sealed to the new custodians' keys.
         new = tmp_path / "new-shares"
