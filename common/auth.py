@@ -56,6 +56,7 @@ __all__ = [
     "AuthGuard",
     "JwtVerifier",
     "Principal",
+    "ScopeMissing",
     "TokenMinter",
     "TrustStore",
     "TrustStoreError",
@@ -515,14 +516,20 @@ class AuthGuard:
         def authorize(context: Context) -> Principal:
             principal = verify(bearer_token(context.invocation_metadata()))
             if scope not in principal.scopes:
-                raise PermissionDenied(
-                    "SCOPE_MISSING",
-                    "the caller lacks the scope this call needs",
-                    metadata={"scope": scope},
-                )
+                raise ScopeMissing(principal, scope)
             return principal
 
         return authorize
+
+
+class ScopeMissing(PermissionDenied):
+    """A verified caller without the scope a call needs. Carries the caller, so
+    an audit of the refusal names who it was, not who it claimed to be."""
+
+    def __init__(self, principal: Principal, scope: str) -> None:
+        super().__init__("SCOPE_MISSING", "the caller lacks the scope this call needs",
+                         metadata={"scope": scope})
+        self.principal = principal
 
 
 def _refuse_unmapped(method: str) -> Authorize:

@@ -17,16 +17,16 @@ from common.errors import CardLinkError
 from common.grpc_errors import error_guard
 from common.redis_client import connect
 from common.server import RunningServer, Service, start_server
-from vault.access import METHOD_SCOPES, RESTRICTED_METHODS, SEALED_METHODS
+from vault.access import METHOD_SCOPES, PACKAGE, RESTRICTED_METHODS, SEALED_METHODS
 from vault.admin import KeyAdminService
 from vault.admin_servicer import KeyAdminServicer
-from vault.audit import AuditLog
+from vault.audit import DELETE, DETOKENIZE, AuditLog
 from vault.config import VaultConfig, VaultMode
-from vault.guards import RefusalAudit, SealGate
+from vault.guards import AuditedCall, RefusalAudit, SealGate
 from vault.keyring import SIGNING, keys_key
 from vault.lifecycle import KeyLifecycle
 from vault.rewrap import Rewrapper
-from vault.service import VaultService
+from vault.service import AuditTarget, VaultService
 from vault.servicer import TokenVaultServicer
 from vault.unseal import ShamirRootKeys
 
@@ -61,6 +61,16 @@ class RunningVault:
         if isinstance(audit, AuditLog):
             await audit.aclose()
         await self.redis.aclose()
+
+
+# A detokenize or delete refused for its credential or scope is audited as the
+# call it was, naming the token (and the stated reason) its request names.
+AUDITED_CALLS = {
+    PACKAGE + "DetokenizeToken": AuditedCall(
+        DETOKENIZE, lambda r: AuditTarget.of_name(r.name, r.reason, r.request_id)),
+    PACKAGE + "DeleteToken": AuditedCall(
+        DELETE, lambda r: AuditTarget.of_name(r.name, request_id=r.request_id)),
+}
 
 
 def connect_redis(url: str) -> aioredis.Redis:
@@ -123,7 +133,7 @@ async def start_vault(config: VaultConfig, clock: Clock | None = None) -> Runnin
         config.listen,
         credentials=config.tls.credentials() if config.tls else None,
         guards=[error_guard, SealGate(service.keyring, SEALED_METHODS),
-                RefusalAudit(service.audit, clock, RESTRICTED_METHODS),
+                RefusalAudit(service.audit, clock, RESTRICTED_METHODS, AUDITED_CALLS),
                 AuthGuard(verifier, METHOD_SCOPES)],
     )
     if service.keyring.sealed:

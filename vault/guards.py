@@ -9,18 +9,20 @@ authentication and scope refusals that guard raises.
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
 
-from common.auth import PUBLIC_METHOD_PREFIXES, bearer_token, optional_principal
+from common.auth import PUBLIC_METHOD_PREFIXES, ScopeMissing, bearer_token, optional_principal
 from common.clock import Clock
 from common.errors import PermissionDenied, Unauthenticated, Unavailable
 from common.logging import redact
 from common.server import Behavior
 from vault.audit import CALL_REFUSED, AuditEntry, AuditSink
 from vault.keyring import Keyring
+from vault.service import AuditTarget
 from vault.unseal import VAULT_SEALED
 
 
@@ -57,13 +59,31 @@ def _sealed() -> Unavailable:
     return Unavailable(VAULT_SEALED, "the vault is sealed; custodians must unseal it")
 
 
-class RefusalAudit:
-    """Audits calls to restricted methods refused for credential or scope."""
+@dataclass(frozen=True)
+class AuditedCall:
+    """How a refusal of one method reads in the audit log: its domain action
+    (``detokenize``, ``delete``) and what the request names (``AuditTarget``)."""
 
-    def __init__(self, audit: AuditSink, clock: Clock, restricted: Collection[str]) -> None:
+    action: str
+    target: Callable[[Any], AuditTarget]
+
+
+class RefusalAudit:
+    """Audits calls to restricted methods refused for credential or scope.
+
+    A method listed in ``calls`` is audited as its own action, with the
+    tenant, token, reason and request id its request names; any other as
+    CALL_REFUSED with the method's name for a reason. The caller is the
+    verified subject when the credential was valid but lacked the scope,
+    else what the credential claimed (marked unverified).
+    """
+
+    def __init__(self, audit: AuditSink, clock: Clock, restricted: Collection[str],
+                 calls: Mapping[str, AuditedCall] | None = None) -> None:
         self._audit = audit
         self._clock = clock
         self._restricted = frozenset(restricted)
+        self._calls = dict(calls or {})
 
     def __call__(self, method: str, behavior: Behavior) -> Behavior:
         if method not in self._restricted:
@@ -75,7 +95,7 @@ class RefusalAudit:
                     async for response in behavior(request, context):
                         yield response
                 except (Unauthenticated, PermissionDenied) as error:
-                    await self._record(method, context, error)
+                    await self._record(method, request, context, error)
                     raise
 
             return generator
@@ -84,22 +104,29 @@ class RefusalAudit:
             try:
                 return await behavior(request, context)
             except (Unauthenticated, PermissionDenied) as error:
-                await self._record(method, context, error)
+                await self._record(method, request, context, error)
                 raise
 
         return unary
 
-    async def _record(
-        self, method: str, context: Any, error: Unauthenticated | PermissionDenied
-    ) -> None:
-        principal = optional_principal()
-        if principal is not None:
-            caller, tenant = principal.subject, principal.tenant
+    async def _record(self, method: str, request: Any, context: Any,
+                      error: Unauthenticated | PermissionDenied) -> None:
+        principal = error.principal if isinstance(error, ScopeMissing) else optional_principal()
+        caller = (principal.subject if principal is not None
+                  else _claimed_caller(context.invocation_metadata()))
+        call = self._calls.get(method)
+        if call is None:
+            entry = AuditEntry(action=CALL_REFUSED, caller=caller,
+                               tenant=principal.tenant if principal is not None else "",
+                               token="", result=error.reason, time=self._clock.now(),
+                               reason=method)
         else:
-            caller, tenant = _claimed_caller(context.invocation_metadata()), ""
-        await self._audit.append(AuditEntry(
-            action=CALL_REFUSED, caller=caller, tenant=tenant, token="",
-            result=error.reason, time=self._clock.now(), reason=method))
+            target = call.target(request)
+            entry = AuditEntry(action=call.action, caller=caller, tenant=target.tenant,
+                               token=target.token, result=error.reason,
+                               time=self._clock.now(), reason=target.reason,
+                               request_id=target.request_id)
+        await self._audit.append(entry)
 
 
 def _claimed_caller(metadata: Any) -> str:

@@ -210,6 +210,33 @@ def _check_actor(actor: Actor) -> Actor:
     return actor
 
 
+@dataclass(frozen=True, slots=True)
+class AuditTarget:
+    """What an audit entry of a refused call may show of the request: each part
+    only if it passed its check (a malformed name, reason or request id may
+    carry a card number), else empty."""
+
+    tenant: str = ""
+    token: str = ""
+    reason: str = ""
+    request_id: str = ""
+
+    @classmethod
+    def of(cls, tenant: str, token: str, reason: str = "", request_id: str = "") -> AuditTarget:
+        return cls(tenant if is_tenant(tenant) else "", token if is_token(token) else "",
+                   reason if _reason_loggable(reason) else "",
+                   request_id if request_id_valid(request_id) else "")
+
+    @classmethod
+    def of_name(cls, name: str, reason: str = "", request_id: str = "") -> AuditTarget:
+        """The target of a call on the token resource ``name`` as the request spelled it."""
+        try:
+            parsed = parse_token_name(name)
+        except CardLinkError:
+            return cls.of("", "", reason, request_id)
+        return cls.of(parsed.tenant, parsed.token, reason, request_id)
+
+
 class VaultService:
     """The vault's operations. Construct once per process; safe for concurrent use."""
 
@@ -430,17 +457,13 @@ class VaultService:
 
     def _refused_detokenize(self, tenant: str, token: str, reason: str, actor: Actor,
                             caller_tenant: str | None, error: CardLinkError) -> AuditEntry:
-        # Only values that passed their checks reach the log: a malformed name,
-        # reason or request id may carry a card number.
-        result = error.reason
-        shown_reason = reason if _reason_loggable(reason) else ""
+        shown = AuditTarget.of(tenant, token, reason, actor.request_id)
+        result, shown_reason = error.reason, shown.reason
         if error.reason == TOKEN_NOT_FOUND and caller_tenant not in (None, tenant):
             result = TENANT_MISMATCH
             shown_reason = f"caller tenant {caller_tenant}; {shown_reason}"
-        clean = Actor(actor.caller, actor.request_id if request_id_valid(actor.request_id)
-                      else "")
-        return self._entry(DETOKENIZE, tenant if is_tenant(tenant) else "",
-                           token if is_token(token) else "", clean, result, shown_reason)
+        return self._entry(DETOKENIZE, shown.tenant, shown.token,
+                           Actor(actor.caller, shown.request_id), result, shown_reason)
 
     async def _open_record(self, tenant: str, token: str) -> tuple[StoredRecord, CardSecret]:
         stored = await self._store.load(tenant, token)

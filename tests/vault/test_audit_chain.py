@@ -25,6 +25,7 @@ from tests.support.vault import VaultHandle
 from tests.vault.test_store_service import make_service
 from vault.audit import FIELDS, AuditEntry, AuditLog, audit_head_key, audit_key, chain_payload
 from vault.keyring import DevKeyFile, Keyring
+from vault.tokens import parse_token_name
 
 ENTRIES = 12
 AT = 5
@@ -264,12 +265,18 @@ async def test_refused_calls_and_key_operations_are_audited_without_pans(
     records = [r async for r in vault.admin.ExportAudit(admin_pb2.ExportAuditRequest(),
                                                          metadata=vault.security())]
     actions = [(r.fields["action"], r.fields["result"]) for r in records]
-    assert ("call.refused", "SCOPE_MISSING") in actions
+    assert ("detokenize", "SCOPE_MISSING") in actions
     assert ("call.refused", "TOKEN_MISSING") in actions
     assert ("key.rotate", "OK") in actions and ("delete", "OK") in actions
+    # The refused detokenize reads as one: the verified caller (its JWT was
+    # valid, only the scope was missing), the token, the reason it gave.
     refused = next(r for r in records if r.fields["result"] == "SCOPE_MISSING")
-    assert refused.fields["caller"].startswith("unverified:acme-partner")
-    assert refused.fields["reason"].endswith("/DetokenizeToken")
+    token = parse_token_name(name)
+    assert {k: refused.fields[k] for k in ("caller", "tenant", "token", "reason")} == {
+        "caller": "acme-partner-svc", "tenant": token.tenant, "token": token.token,
+        "reason": "peek"}
+    no_credential = next(r for r in records if r.fields["result"] == "TOKEN_MISSING")
+    assert no_credential.fields["reason"].endswith("/RotateKey")
     secret = card()
     text = repr([dict(r.fields) for r in records])
     for value in (secret.pan, secret.national_id, secret.phone, secret.holder_name):
@@ -278,6 +285,44 @@ async def test_refused_calls_and_key_operations_are_audited_without_pans(
     later = [r async for r in vault.admin.ExportAudit(admin_pb2.ExportAuditRequest(start_seq=5),
                                                        metadata=vault.security())]
     assert [int(r.fields["seq"]) for r in later] == list(range(5, len(records) + 1))
+
+
+async def test_a_detokenize_refused_for_its_credential_is_audited_as_a_detokenize(
+        vault: VaultHandle) -> None:
+    """No credential, or a forged one: the entry names the token and reason the
+    request gave and the caller it claimed (marked unverified); a name, reason
+    or request id that could carry a card number is left out."""
+    name = await make_entries(vault)
+    pan = card().pan
+    forged = vault.identities.token("cardlink-bank", "acme", ["vault.tokens.detokenize"])
+    forged = forged[:-4] + ("AAAA" if not forged.endswith("AAAA") else "BBBB")
+    request_id = "5f0d5a52-4cbe-4b5a-9a3e-0c3c1ae0a8f1"
+    calls = [
+        (vault_pb2.DetokenizeTokenRequest(name=name, reason="no badge",
+                                          request_id=request_id), ()),
+        (vault_pb2.DetokenizeTokenRequest(name=name, reason="forged badge"),
+         (("authorization", f"Bearer {forged}"),)),
+        (vault_pb2.DetokenizeTokenRequest(name=f"tenants/acme/tokens/{pan}",
+                                          reason=f"card {pan}", request_id=pan), ()),
+    ]
+    for request, metadata in calls:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await vault.stub.DetokenizeToken(request, metadata=metadata)
+    records = [r async for r in vault.admin.ExportAudit(admin_pb2.ExportAuditRequest(),
+                                                         metadata=vault.security())]
+    refused = [{k: r.fields[k] for k in ("caller", "tenant", "token", "reason", "request_id")}
+               for r in records if r.fields["action"] == "detokenize"
+               and r.fields["result"] in ("TOKEN_MISSING", "TOKEN_INVALID")]
+    token = parse_token_name(name)
+    assert refused == [
+        {"caller": "unauthenticated", "tenant": token.tenant, "token": token.token,
+         "reason": "no badge", "request_id": request_id},
+        {"caller": "unverified:cardlink-bank/cardlink-bank-svc", "tenant": token.tenant,
+         "token": token.token, "reason": "forged badge", "request_id": ""},
+        {"caller": "unauthenticated", "tenant": "", "token": "", "reason": "",
+         "request_id": ""},
+    ]
+    assert pan not in repr([dict(r.fields) for r in records])
 
 
 @given(st.lists(st.text(), min_size=len(FIELDS), max_size=len(FIELDS)),
