@@ -20,6 +20,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -77,11 +78,19 @@ class VerifiedKeySet:
     keys: tuple[SealingPublicKey, ...]
     issue_time: float
 
+    @cached_property
+    def _by_id(self) -> dict[str, SealingPublicKey]:
+        return {key.key_id: key for key in self.keys}
+
     def current(self) -> SealingPublicKey:
         for key in self.keys:
             if key.current:
                 return key
         raise KeySetError("the key set names no current sealing key")
+
+    def key(self, key_id: str) -> SealingPublicKey | None:
+        """The key ``key_id``, if the set lists it as usable."""
+        return self._by_id.get(key_id)
 
 
 def verify_key_set(
@@ -203,3 +212,14 @@ class SealingKeyCache:
 
     async def current(self) -> SealingPublicKey:
         return (await self.key_set()).current()
+
+    async def key(self, key_id: str) -> SealingPublicKey:
+        """The sealing key ``key_id``: from the cached set, else from a fresh one
+        (a key the vault made since); KeySetError if the vault lists no usable
+        key by that id (unknown, or its grace period has ended)."""
+        found = (await self.key_set()).key(key_id)
+        if found is None:
+            found = (await self.refresh()).key(key_id)
+        if found is None:
+            raise KeySetError(f"the vault lists no usable sealing key {key_id!r}")
+        return found

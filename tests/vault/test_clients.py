@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cardlink.vault.v1 import vault_pb2
+from cardlink.vault.v1 import admin_pb2, vault_pb2
 from clients.bank import BankVaultClient
 from clients.sealing import KeySetError, SealingKeyCache, seal_card, verify_key_set
 from common.errors import InvalidArgument, NotFound, PermissionDenied
@@ -46,6 +46,32 @@ async def test_key_cache_refetches_only_when_due(vault: VaultHandle) -> None:
     now[0] = 61
     await cache.current()
     assert fetches == 2
+
+
+async def test_key_cache_finds_keys_by_id_and_fetches_only_for_one_it_does_not_hold(
+        vault: VaultHandle) -> None:
+    fetches = 0
+
+    async def fetch() -> vault_pb2.SealingKeySet:
+        nonlocal fetches
+        fetches += 1
+        return await vault.stub.GetSealingKeySet(vault_pb2.GetSealingKeySetRequest())
+
+    cache = SealingKeyCache(fetch, await vault.pins(), refresh_s=3600,
+                            monotonic=lambda: 0.0, wall_clock=vault.clock.now)
+    old = await cache.current()
+    assert await cache.key(old.key_id) == old and fetches == 1
+    rotated = await vault.admin.RotateKey(admin_pb2.RotateKeyRequest(
+        kind=admin_pb2.KEY_KIND_SEALING), metadata=vault.security())
+    vault.clock.advance(1)
+    # A key made after the cached set was fetched: one fetch finds it.
+    new = await cache.key(rotated.key_id)
+    assert new.current and new.key_id != old.key_id and fetches == 2
+    previous = await cache.key(old.key_id)  # still opening cards: from the cache
+    assert not previous.current and previous.public_key == old.public_key and fetches == 2
+    with pytest.raises(KeySetError):
+        await cache.key("hpke-" + "0" * 16)
+    assert fetches == 3
 
 
 async def test_key_cache_refuses_a_key_set_older_than_one_it_accepted(vault: VaultHandle) -> None:
