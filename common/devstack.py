@@ -216,6 +216,19 @@ def state_dir(environ: Mapping[str, str] | None = None) -> Path:
     return Env(environ).path("CARDLINK_STATE_DIR", default_state_dir())
 
 
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def _outside_repository(state: Path) -> Path:
+    """The state folder, refused inside the working tree: keys and secrets there
+    are one `git add` away from a commit."""
+    resolved = state.resolve()
+    if resolved == REPOSITORY or REPOSITORY in resolved.parents:
+        raise DevstackError(f"the state folder {state} is inside the repository "
+                            f"({REPOSITORY}); set CARDLINK_STATE_DIR to a folder outside it")
+    return state
+
+
 def _private_dir(path: Path) -> Path:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path, 0o700)  # mkdir's mode is masked by umask, and the folder may predate us
@@ -604,7 +617,6 @@ def run(environ: Mapping[str, str] | None = None, services: Sequence[Service] = 
     """Start the stack and supervise it until a signal (0) or a failure (1)."""
     base_env = dict(os.environ if environ is None else environ)
     env = Env(base_env)
-    state = _private_dir(state_dir(base_env))
     stopping = StopRequest()
     signal.signal(signal.SIGINT, stopping)
     signal.signal(signal.SIGTERM, stopping)
@@ -617,6 +629,7 @@ def run(environ: Mapping[str, str] | None = None, services: Sequence[Service] = 
     children: list[Child] = []
     with contextlib.ExitStack() as cleanup:
         try:
+            state = _private_dir(_outside_repository(state_dir(base_env)))
             cleanup.enter_context(_exclusive(state))
             keys = ensure_credentials(state)
             redis_url, redis_line = _redis(env, state, cleanup)

@@ -526,6 +526,15 @@ def test_a_second_stack_on_the_same_state_is_refused(
     assert first.finish()[0] == 0
 
 
+def test_a_state_folder_inside_the_repository_is_refused(stack_env: dict[str, str]) -> None:
+    inside = ROOT / ".state-under-test"
+    stack_env["CARDLINK_STATE_DIR"] = str(inside / "cardlink")
+    code, output = Stack(_devstack_command("()"), stack_env).finish()
+    assert code == 1 and "is inside the repository" in output
+    assert not inside.exists()  # refused before anything was written
+    assert ROOT not in devstack.default_state_dir().resolve().parents
+
+
 @pytest.mark.skipif(
     not devstack.module_available("vault"), reason="`python -m vault` does not exist yet"
 )
