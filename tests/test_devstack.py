@@ -34,6 +34,7 @@ import pytest
 from common import devstack
 from common.auth import JwtVerifier, TrustStore
 from common.clock import SystemClock
+from common.config import default_state_dir
 from common.errors import Unauthenticated
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -532,7 +533,7 @@ def test_a_state_folder_inside_the_repository_is_refused(stack_env: dict[str, st
     code, output = Stack(_devstack_command("()"), stack_env).finish()
     assert code == 1 and "is inside the repository" in output
     assert not inside.exists()  # refused before anything was written
-    assert ROOT not in devstack.default_state_dir().resolve().parents
+    assert ROOT not in default_state_dir().resolve().parents
 
 
 @pytest.mark.skipif(
