@@ -400,15 +400,24 @@ class VaultService:
             raise _not_found()
         return TokenRecord(tenant, token, shown.display, shown.create_time, shown.update_time)
 
-    async def delete(self, tenant: str, token: str, actor: Actor) -> None:
+    async def delete(self, tenant: str, token: str, actor: Actor, *,
+                     caller_tenant: str | None = None) -> None:
         """Delete a token and destroy its wrapped data key and ciphertext.
 
         Audit-before-act: the intent entry is written first (if it cannot be,
         nothing is deleted), then the delete, then its outcome entry.
+        ``caller_tenant`` is the credential's tenant (None: the caller was
+        already scoped to ``tenant``): another tenant's token answers the
+        same NOT_FOUND as a missing one, is left alone, and is audited as
+        TENANT_MISMATCH, so an attempt on another tenant's cards leaves a trace.
         """
         check_tenant(tenant, field="name")
         check_token(token, field="name")
         _check_actor(actor)
+        if caller_tenant is not None and caller_tenant != tenant:
+            await self._audit.append(self._entry(DELETE, tenant, token, actor, TENANT_MISMATCH,
+                                                 f"caller tenant {caller_tenant}"))
+            raise _not_found()
         await self._audit.append(self._entry(DELETE, tenant, token, actor, RESULT_INTENT))
         deleted = await self._store.delete(tenant, token)
         result = RESULT_OK if deleted else TOKEN_NOT_FOUND

@@ -112,6 +112,12 @@ async def test_delete_of_another_tenant_s_token_is_not_found_and_deletes_nothing
     opened = await vault.stub.DetokenizeToken(vault_pb2.DetokenizeTokenRequest(
         name=name, reason="holder verification"), metadata=vault.bank())
     assert opened.card == card()
+    # The attempt on acme's card left a trace all the same.
+    token = name.rsplit("/", 1)[1]
+    attempts = [{k: e[k] for k in ("caller", "tenant", "token", "result", "reason")}
+                for e in await _audit(vault) if e["action"] == "delete"]
+    assert {"caller": "globex-partner-svc", "tenant": "acme", "token": token,
+            "result": "TENANT_MISMATCH", "reason": "caller tenant globex"} in attempts
 
 
 # --- scopes --------------------------------------------------------------------------
