@@ -105,6 +105,11 @@ class Env:
 
 
 def default_state_dir() -> Path:
-    """Where development state (keys, Redis data) lives: outside the repository."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    """Where development state (keys, Redis data) lives: outside the repository.
+
+    A relative XDG_STATE_HOME is ignored, as the XDG spec says: it would put
+    keys under whatever folder ``make`` runs in, the repository itself."""
+    base = os.environ.get("XDG_STATE_HOME", "")
+    if not os.path.isabs(base):
+        base = str(Path.home() / ".local" / "state")
     return Path(base) / "cardlink"

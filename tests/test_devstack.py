@@ -9,6 +9,7 @@ skipped until `python -m vault` exists.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import importlib
 import json
@@ -30,12 +31,14 @@ from pathlib import Path
 
 import jwt
 import pytest
+import redis as sync_redis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common import devstack
-from common.auth import JwtVerifier, TrustStore
+from common.auth import JwtVerifier, TrustStore, load_private_key_pem
 from common.clock import SystemClock
-from common.config import default_state_dir
 from common.errors import Unauthenticated
+from common.redis_runtime import PrivateRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = "CardLink dev stack ready"
@@ -384,13 +387,31 @@ def test_a_stop_signal_is_seen_wherever_it_lands_in_the_wait(
                 child.wait()
 
 
+def _private_redis_of(state: Path) -> sync_redis.Redis:
+    """A client of the private Redis a stack on ``state`` runs (its socket and password)."""
+    folder = state / "redis"
+    return sync_redis.Redis(unix_socket_path=str(folder / "redis.sock"),
+                            password=(folder / "password").read_text().strip(),
+                            socket_timeout=5, decode_responses=True)
+
+
 def test_stack_starts_reports_ready_and_stops_cleanly_on_ctrl_c(
     stack_env: dict[str, str], stacks: list[Stack]
 ) -> None:
+    stack_env["FAKE_WRITE_REDIS"] = "1"
+    stack_env["CARDLINK_REDIS_PREFIX"] = "aof-test"
     stack = Stack(_devstack_command(f"({MISSING}, {FAKE})"), stack_env)
     stacks.append(stack)
     stack.wait_for(READY)
     listen = stack_env["CARDLINK_FAKE_LISTEN"]
+    state = Path(stack_env["CARDLINK_STATE_DIR"])
+    # The private Redis keeps an append-only file (the README: "AOF on").
+    client = _private_redis_of(state)
+    try:
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.get("aof-test:fake") == "written"  # what the service wrote
+    finally:
+        client.close()
 
     stack.process.send_signal(signal.SIGINT)
     code, output = stack.finish()
@@ -398,14 +419,47 @@ def test_stack_starts_reports_ready_and_stops_cleanly_on_ctrl_c(
     assert code == 0, output
     assert "later: module no_such_package not found (arrives with issue 99); skipped" in output
     assert f"fake    {listen}" in output
+    assert f"(private redis-server, AOF in {state / 'redis'})" in output
     assert output.index("stopping fake") < output.index("stopping redis")
-    state = Path(stack_env["CARDLINK_STATE_DIR"])
+    # What the services wrote survives a restart of the private Redis (there
+    # is no RDB snapshot: only the AOF holds it).
+    with PrivateRedis(state / "redis") as again:
+        client = sync_redis.Redis.from_url(again.url, decode_responses=True)
+        try:
+            assert client.get("aof-test:fake") == "written"
+        finally:
+            client.close()
     assert _mode(state / "devstack.lock") == 0o600
     assert _mode(state / "logs") == 0o700
     log = Path(stack_env["CARDLINK_STATE_DIR"]) / "logs" / "fake.log"
     assert "fake: stopped by SIGTERM" in log.read_text()
     # The fake saw its environment: where Redis is and where the trust store is.
     assert "trust.json" in log.read_text()
+
+
+def test_with_redis_url_set_the_stack_uses_that_redis_and_starts_none(
+        stack_env: dict[str, str], stacks: list[Stack], redis_url: str, key_prefix: str) -> None:
+    """REDIS_URL names the Redis to use (here the test worker's, under a key
+    prefix of this test's): the services get it, and no private one starts."""
+    stack_env["REDIS_URL"] = redis_url
+    stack_env["CARDLINK_REDIS_PREFIX"] = key_prefix
+    stack_env["FAKE_WRITE_REDIS"] = "1"
+    stack = Stack(_devstack_command(f"({FAKE},)"), stack_env)
+    stacks.append(stack)
+    stack.wait_for(READY)
+    given = sync_redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        assert given.get(f"{key_prefix}:fake") == "written", "the service used another Redis"
+    finally:
+        given.close()
+
+    stack.process.send_signal(signal.SIGINT)
+    code, output = stack.finish()
+
+    assert code == 0, output
+    assert f"redis   {devstack._without_password(redis_url)}  (from REDIS_URL)" in output
+    assert "stopping redis" not in output
+    assert not (Path(stack_env["CARDLINK_STATE_DIR"]) / "redis").exists()
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
@@ -533,7 +587,6 @@ def test_a_state_folder_inside_the_repository_is_refused(stack_env: dict[str, st
     code, output = Stack(_devstack_command("()"), stack_env).finish()
     assert code == 1 and "is inside the repository" in output
     assert not inside.exists()  # refused before anything was written
-    assert ROOT not in default_state_dir().resolve().parents
 
 
 @pytest.mark.skipif(
@@ -545,10 +598,13 @@ def test_make_run_brings_up_the_real_stack_and_make_demo_runs_on_it_again_and_ag
         stack_env[f"CARDLINK_{name}_LISTEN"] = f"127.0.0.1:{_free_port()}"
     # One binding attempt per card a day: a rerun of the demo must not try again.
     stack_env["CARDLINK_GATEWAY_MAX_CARD_ATTEMPTS"] = "1"
+    # Every level a service logs at is checked for secrets below.
+    stack_env["CARDLINK_LOG_LEVEL"] = "DEBUG"
     stack = Stack([sys.executable, "-m", "common.devstack"], stack_env)
     stacks.append(stack)
     stack.wait_for(READY)
-    assert "make demo" in stack.output()
+    _check_the_hints_work(stack.output(), stack_env)
+    demo_output = ""
     demo_env = {**stack_env, **{f"CARDLINK_{name}_TARGET": stack_env[f"CARDLINK_{name}_LISTEN"]
                                 for name in ("VAULT", "BANKSIM", "GATEWAY")}}
     for _ in range(2):
@@ -557,10 +613,82 @@ def test_make_run_brings_up_the_real_stack_and_make_demo_runs_on_it_again_and_ag
         assert demo.returncode == 0, demo.stdout + demo.stderr
         assert "state=STATE_ACTIVE" in demo.stdout and "failure=" in demo.stdout
         assert "Demo done." in demo.stdout
+        demo_output += demo.stdout + demo.stderr
     stack.process.send_signal(signal.SIGINT)
     code, output = stack.finish()
     assert code == 0, output
     assert f"vault   {stack_env['CARDLINK_VAULT_LISTEN']}" in output
+    # No key is ever printed or logged: not the vault's root key, nor any
+    # other secret in the state folder, in any form a log line might take.
+    state = Path(stack_env["CARDLINK_STATE_DIR"])
+    logs = sorted((state / "logs").glob("*.log"))
+    assert {log.name for log in logs} == {"vault.log", "banksim.log", "gateway.log"}
+    secrets = {name: _pieces(secret) for name, secret in _state_secrets(state).items()}
+    for where, text in [("make run", output), ("make demo", demo_output),
+                        *((str(log), log.read_bytes().decode("latin-1")) for log in logs)]:
+        for name, pieces in secrets.items():
+            assert not any(piece in text for piece in pieces), f"{name} shows in {where}"
+
+
+def _state_secrets(state: Path) -> dict[str, bytes]:
+    """Every secret `make run` keeps in ``state``, by name."""
+    root_key = json.loads((state / "vault-root.key").read_text())["key"]
+    secrets = {
+        "the vault's root key": base64.b64decode(root_key),
+        "the Redis password": (state / "redis" / "password").read_text().strip().encode(),
+        "the gateway's fingerprint secret":
+            (state / "gateway-fingerprint.secret").read_text().strip().encode(),
+    }
+    for pem in (state / "jwt").glob("*.pem"):
+        key = load_private_key_pem(pem)
+        assert isinstance(key, Ed25519PrivateKey)
+        secrets[f"the {pem.stem} signing key"] = key.private_bytes_raw()
+    return secrets
+
+
+def _pieces(secret: bytes, length: int = 20) -> set[str]:
+    """Pieces of ``secret`` as a log line might show it (as text, hex, base64 or
+    a bytes repr; as is or escaped in a quoted value), each too long to occur
+    by chance. Pieces, not the whole: the log filter masks digit runs, which
+    can cut a hex string in two."""
+    forms = [secret.decode("latin-1"), secret.hex(), secret.hex().upper(),
+             base64.b64encode(secret).decode(), base64.urlsafe_b64encode(secret).decode(),
+             repr(secret)[2:-1]]
+    forms += [json.dumps(form)[1:-1] for form in forms]
+    return {form[i:i + length] for form in forms for i in range(len(form) - length + 1)}
+
+
+def _banner_section(output: str, title: str) -> list[str]:
+    """The lines of the banner under ``title`` (up to the next blank line)."""
+    lines = output.splitlines()
+    assert title in lines, f"no {title!r} in the banner:\n{output}"
+    start = lines.index(title) + 1
+    return lines[start:lines.index("", start)]
+
+
+def _check_the_hints_work(output: str, env: dict[str, str]) -> None:
+    """The banner says how to try each service: a grpcurl line each, and for the
+    vault a Python snippet that, pasted into a shell, calls it."""
+    for name in ("vault", "banksim", "gateway"):
+        listen = env[f"CARDLINK_{name.upper()}_LISTEN"]
+        assert f"  grpcurl -plaintext {listen} list" in _banner_section(
+            output, f"Try the {name}:"), f"no grpcurl line to try the {name}:\n{output}"
+    assert any(line.startswith("  make demo") for line in _banner_section(
+        output, "Try the gateway:")), f"no make demo hint:\n{output}"
+    vault = _banner_section(output, "Try the vault:")
+    listen = env["CARDLINK_VAULT_LISTEN"]
+    assert (f"  grpcurl -plaintext {listen} cardlink.vault.v1.TokenVault/GetSealingKeySet"
+            in vault), f"no GetSealingKeySet hint:\n{output}"
+    assert any(line.endswith("<<'EOF'") for line in vault), f"no Python snippet:\n{output}"
+    first = next(i for i, line in enumerate(vault) if line.endswith("<<'EOF'"))
+    snippet = "\n".join(vault[first:vault.index("EOF", first) + 1]) + "\n"
+    # As pasted into another shell: the printed command names the state folder.
+    shell_env = {k: v for k, v in env.items() if k != "CARDLINK_STATE_DIR"}
+    ran = subprocess.run(["/bin/sh", "-c", snippet], env=shell_env, cwd=ROOT,  # noqa: S603
+                         capture_output=True, text=True, timeout=START_BOUND_S, check=False)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "signing_key_id" in ran.stdout, ran.stdout  # the signed sealing key set
+    assert "StatusCode.NOT_FOUND" in ran.stdout, ran.stdout  # authorized: no such token
 
 
 # --------------------------------------------------------------------------
@@ -578,6 +706,14 @@ def _serve_fake() -> int:
     if exit_after == "0":
         print("fake: crashing on purpose", flush=True)
         return 3
+    if os.environ.get("FAKE_WRITE_REDIS"):
+        # Before serving: once the stack is ready, the write is in the Redis
+        # the stack gave the service.
+        client = sync_redis.Redis.from_url(os.environ["REDIS_URL"])
+        try:
+            client.set(f"{os.environ['CARDLINK_REDIS_PREFIX']}:fake", "written")
+        finally:
+            client.close()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
     server.add_insecure_port(listen)
@@ -603,10 +739,6 @@ def test_the_private_redis_is_closed_to_other_local_accounts(tmp_path: Path) -> 
     """Loopback TCP is open to every local account: without the password kept
     in the state folder (0600), Redis answers nothing, above all no CONFIG
     SET dir + SAVE, which wrote a file anywhere this user may."""
-    import redis as sync_redis
-
-    from common.redis_runtime import PrivateRedis
-
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
