@@ -42,6 +42,8 @@ DEFAULT_REFRESH_S = 300.0
 # The vault re-signs its key set at least every minute; a set much older than
 # that is a replay (say by a compromised relay keeping partners on an old key).
 DEFAULT_MAX_AGE_S = 3600.0
+# An id the cached set lacks costs a fetch at most this often, however often asked.
+MISS_REFETCH_S = 10.0
 
 
 class KeySetError(Exception):
@@ -69,6 +71,11 @@ class SealingPublicKey:
     key_id: str
     public_key: X25519PublicKey
     current: bool
+    expire_time: float | None = None  # a previous key's end of grace (epoch seconds)
+
+    def open_at(self, now: float) -> bool:
+        """Still accepted by the vault at ``now``."""
+        return self.expire_time is None or self.expire_time > now
 
 
 @dataclass(frozen=True)
@@ -88,9 +95,10 @@ class VerifiedKeySet:
                 return key
         raise KeySetError("the key set names no current sealing key")
 
-    def key(self, key_id: str) -> SealingPublicKey | None:
-        """The key ``key_id``, if the set lists it as usable."""
-        return self._by_id.get(key_id)
+    def key(self, key_id: str, now: float) -> SealingPublicKey | None:
+        """The key ``key_id``, if the set lists it and it is still open at ``now``."""
+        found = self._by_id.get(key_id)
+        return found if found is not None and found.open_at(now) else None
 
 
 def verify_key_set(
@@ -157,6 +165,8 @@ def _public_key(key: vault_pb2.SealingKey) -> SealingPublicKey:
         key_id=key.key_id,
         public_key=public,
         current=key.state == vault_pb2.SealingKey.STATE_CURRENT,
+        expire_time=key.expire_time.ToNanoseconds() / 1e9 if key.HasField("expire_time")
+        else None,
     )
 
 
@@ -215,11 +225,12 @@ class SealingKeyCache:
 
     async def key(self, key_id: str) -> SealingPublicKey:
         """The sealing key ``key_id``: from the cached set, else from a fresh one
-        (a key the vault made since); KeySetError if the vault lists no usable
-        key by that id (unknown, or its grace period has ended)."""
-        found = (await self.key_set()).key(key_id)
-        if found is None:
-            found = (await self.refresh()).key(key_id)
+        (a key the vault made since, fetched at most every ``MISS_REFETCH_S``);
+        KeySetError if the vault lists no usable key by that id (unknown, or
+        its grace period has ended)."""
+        found = (await self.key_set()).key(key_id, self._wall_clock())
+        if found is None and self._monotonic() - self._fetched_at >= MISS_REFETCH_S:
+            found = (await self.refresh()).key(key_id, self._wall_clock())
         if found is None:
             raise KeySetError(f"the vault lists no usable sealing key {key_id!r}")
         return found

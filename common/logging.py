@@ -24,6 +24,7 @@ __all__ = [
     "KeyValueFormatter",
     "RedactingFilter",
     "configure_logging",
+    "has_card_number",
     "redact",
 ]
 
@@ -44,6 +45,19 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)
     "asctime",
     "taskName",
 }
+
+
+# For text that is kept, not just logged (audit entries, JWT subjects): 12 or
+# more digits of any script with nothing but spaces and punctuation between
+# them, however many ("4111,1111", "4111:1111", wide digits); letters break a run.
+_NOT_LETTER_OR_DIGIT = re.compile(r"[\W_]+")
+_TWELVE_DIGITS = re.compile(r"\d{12}")
+
+
+def has_card_number(text: str) -> bool:
+    """True when ``text`` could spell a card number in any way people write one
+    (stricter than ``redact``, which keeps log lines with dotted addresses legible)."""
+    return _TWELVE_DIGITS.search(_NOT_LETTER_OR_DIGIT.sub("", text)) is not None
 
 
 def redact(text: str) -> str:

@@ -6,7 +6,13 @@ import pytest
 
 from cardlink.vault.v1 import admin_pb2, vault_pb2
 from clients.bank import BankVaultClient
-from clients.sealing import KeySetError, SealingKeyCache, seal_card, verify_key_set
+from clients.sealing import (
+    MISS_REFETCH_S,
+    KeySetError,
+    SealingKeyCache,
+    seal_card,
+    verify_key_set,
+)
 from common.errors import InvalidArgument, NotFound, PermissionDenied
 from tests.support.cards import card
 from tests.support.vault import VaultHandle
@@ -57,20 +63,28 @@ async def test_key_cache_finds_keys_by_id_and_fetches_only_for_one_it_does_not_h
         fetches += 1
         return await vault.stub.GetSealingKeySet(vault_pb2.GetSealingKeySetRequest())
 
+    elapsed = [0.0]
     cache = SealingKeyCache(fetch, await vault.pins(), refresh_s=3600,
-                            monotonic=lambda: 0.0, wall_clock=vault.clock.now)
+                            monotonic=lambda: elapsed[0], wall_clock=vault.clock.now)
     old = await cache.current()
     assert await cache.key(old.key_id) == old and fetches == 1
     rotated = await vault.admin.RotateKey(admin_pb2.RotateKeyRequest(
         kind=admin_pb2.KEY_KIND_SEALING), metadata=vault.security())
     vault.clock.advance(1)
-    # A key made after the cached set was fetched: one fetch finds it.
+    # A key made after the cached set was fetched: one fetch finds it, but no
+    # more often than every MISS_REFETCH_S, however often it is asked for.
+    with pytest.raises(KeySetError):
+        await cache.key(rotated.key_id)
+    assert fetches == 1
+    elapsed[0] += MISS_REFETCH_S
     new = await cache.key(rotated.key_id)
     assert new.current and new.key_id != old.key_id and fetches == 2
     previous = await cache.key(old.key_id)  # still opening cards: from the cache
     assert not previous.current and previous.public_key == old.public_key and fetches == 2
-    with pytest.raises(KeySetError):
-        await cache.key("hpke-" + "0" * 16)
+    elapsed[0] += MISS_REFETCH_S
+    for _ in range(3):
+        with pytest.raises(KeySetError):
+            await cache.key("hpke-" + "0" * 16)
     assert fetches == 3
 
 

@@ -158,7 +158,7 @@ async def test_keys_of_another_suite_or_past_their_grace_period_are_dropped() ->
     assert [k.key_id for k in verified.keys] == ["vhk-current", "vhk-in-grace"]
     assert verified.current().key_id == "vhk-current"
     # Looked up by id (to re-seal to a key the vault named), a dropped key is absent.
-    assert {k.key_id: verified.key(k.key_id) is not None for k in keys} == {
+    assert {k.key_id: verified.key(k.key_id, NOW) is not None for k in keys} == {
         k.key_id: k.key_id in ("vhk-current", "vhk-in-grace") for k in keys}
 
 
@@ -183,3 +183,41 @@ async def test_a_key_set_with_no_usable_current_key_gives_nothing_to_seal_to(wha
     assert [k.key_id for k in verified.keys] == [], what
     with pytest.raises(KeySetError):
         verified.current()
+
+
+async def test_key_cache_does_not_return_a_key_past_its_grace_period() -> None:
+    signer = Ed25519PrivateKey.generate()
+    signed = _signed([_key("vhk-current", CURRENT), _key("vhk-old", PREVIOUS, expire=NOW + 10)],
+                     signer)
+    fetches = 0
+
+    async def fetch() -> vault_pb2.SealingKeySet:
+        nonlocal fetches
+        fetches += 1
+        return signed
+
+    clock = [NOW]
+    cache = SealingKeyCache(fetch, {SIGNER_ID: signer.public_key()}, refresh_s=300,
+                            monotonic=lambda: clock[0] - NOW, wall_clock=lambda: clock[0])
+    assert (await cache.key("vhk-old")).key_id == "vhk-old"
+    clock[0] = NOW + 60  # the grace period ended 50 s ago; the cached set is 60 s old
+    with pytest.raises(KeySetError):
+        await cache.key("vhk-old")  # documented: "KeySetError if ... its grace period has ended"
+
+
+async def test_key_cache_does_not_refetch_without_bound_for_an_unknown_id() -> None:
+    signer = Ed25519PrivateKey.generate()
+    signed = _signed([_key("vhk-current", CURRENT)], signer)
+    fetches = 0
+
+    async def fetch() -> vault_pb2.SealingKeySet:
+        nonlocal fetches
+        fetches += 1
+        return signed
+
+    cache = SealingKeyCache(fetch, {SIGNER_ID: signer.public_key()}, refresh_s=300,
+                            monotonic=lambda: 0.0, wall_clock=lambda: NOW)
+    for _ in range(100):
+        with pytest.raises(KeySetError):
+            await cache.key("vhk-nope")
+    assert fetches <= 2, fetches
