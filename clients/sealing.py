@@ -207,6 +207,7 @@ class SealingKeyCache:
         self._wall_clock = wall_clock
         self._key_set: VerifiedKeySet | None = None
         self._fetched_at = 0.0
+        self._missed_at = float("-inf")
 
     async def refresh(self) -> VerifiedKeySet:
         last = self._key_set.issue_time if self._key_set is not None else 0.0
@@ -229,7 +230,9 @@ class SealingKeyCache:
         KeySetError if the vault lists no usable key by that id (unknown, or
         its grace period has ended)."""
         found = (await self.key_set()).key(key_id, self._wall_clock())
-        if found is None and self._monotonic() - self._fetched_at >= MISS_REFETCH_S:
+        now = self._monotonic()
+        if found is None and now - max(self._fetched_at, self._missed_at) >= MISS_REFETCH_S:
+            self._missed_at = now  # a failing fetch counts too: no storm on a struggling vault
             found = (await self.refresh()).key(key_id, self._wall_clock())
         if found is None:
             raise KeySetError(f"the vault lists no usable sealing key {key_id!r}")

@@ -16,6 +16,7 @@ import logging
 import re
 import sys
 import time
+import unicodedata
 from typing import Any, TextIO
 
 __all__ = [
@@ -24,8 +25,8 @@ __all__ = [
     "KeyValueFormatter",
     "RedactingFilter",
     "configure_logging",
-    "has_card_number",
     "redact",
+    "scrub_card_numbers",
 ]
 
 REDACTED = "[REDACTED]"
@@ -47,17 +48,20 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)
 }
 
 
-# For text that is kept, not just logged (audit entries, JWT subjects): 12 or
-# more digits of any script with nothing but spaces and punctuation between
-# them, however many ("4111,1111", "4111:1111", wide digits); letters break a run.
-_NOT_LETTER_OR_DIGIT = re.compile(r"[\W_]+")
-_TWELVE_DIGITS = re.compile(r"\d{12}")
+# For text that is kept for good (audit entries), after NFKC (superscript, circled
+# and wide digits become plain ones): 12 or more digits of any script with
+# anything but Latin letters between them, however much ("4111,1111",
+# "4111:1111", a blank-looking filler). Stricter than _DIGIT_RUN, which keeps
+# log lines with addresses and times legible.
+_KEPT_DIGIT_RUN = re.compile(r"\d(?:[^A-Za-z\d]*\d){11,}")
 
 
-def has_card_number(text: str) -> bool:
-    """True when ``text`` could spell a card number in any way people write one
-    (stricter than ``redact``, which keeps log lines with dotted addresses legible)."""
-    return _TWELVE_DIGITS.search(_NOT_LETTER_OR_DIGIT.sub("", text)) is not None
+def scrub_card_numbers(text: str) -> str:
+    """``text`` with every run that could spell a card number masked, however it
+    is written; unchanged (not normalised) when there is none."""
+    normal = unicodedata.normalize("NFKC", text)
+    scrubbed = _KEPT_DIGIT_RUN.sub(REDACTED, normal)
+    return text if scrubbed == normal else scrubbed
 
 
 def redact(text: str) -> str:

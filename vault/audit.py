@@ -38,6 +38,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 
 from common.errors import CardLinkError, Unavailable, invalid_field
+from common.logging import scrub_card_numbers
 from common.store_errors import redis_errors
 from vault.crypto import AuditMacKey
 from vault.keyring import Keyring
@@ -110,9 +111,13 @@ class AuditEntry:
     request_id: str = ""
 
     def values(self) -> tuple[str, ...]:
-        """The stored field values, in FIELDS order."""
-        return (self.action, self.caller, self.tenant, self.token, self.result,
-                repr(self.time), self.reason, self.request_id)
+        """The stored field values, in FIELDS order. Every text field is scrubbed
+        of anything that could spell a card number, whoever supplied it (a
+        caller's reason, request id or token name, a JWT claim, a number an
+        operator typed): the log is kept for good, so no PAN may enter it."""
+        text = (self.action, self.caller, self.tenant, self.token, self.result)
+        return (*(scrub_card_numbers(v) for v in text), repr(self.time),
+                scrub_card_numbers(self.reason), scrub_card_numbers(self.request_id))
 
 
 def chain_payload(values: Iterable[str], seq: int) -> bytes:

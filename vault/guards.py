@@ -18,7 +18,7 @@ import jwt
 from common.auth import PUBLIC_METHOD_PREFIXES, ScopeMissing, bearer_token, optional_principal
 from common.clock import Clock
 from common.errors import PermissionDenied, Unauthenticated, Unavailable
-from common.logging import REDACTED, has_card_number, redact
+from common.logging import redact
 from common.server import Behavior
 from vault.audit import CALL_REFUSED, AuditEntry, AuditSink
 from vault.keyring import Keyring
@@ -149,6 +149,4 @@ def _claim(value: Any) -> str:
     could be a card number, bounded length."""
     text = value if isinstance(value, str) else ""
     text = "".join(c if c.isprintable() else "?" for c in text[:_CLAIM_SCAN_CHARS])
-    text = redact(text)[:CLAIM_MAX_CHARS]
-    # A card number spelled in a way log redaction lets through: nothing of it.
-    return REDACTED if has_card_number(text) else text
+    return redact(text)[:CLAIM_MAX_CHARS]

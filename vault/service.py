@@ -23,7 +23,7 @@ from common.errors import (
     NotFound,
     invalid_field,
 )
-from common.logging import has_card_number
+from common.logging import redact
 from common.request_ids import is_uuid4
 from vault.access import TENANT_MISMATCH
 from vault.audit import (
@@ -166,14 +166,21 @@ def _check_sealed_input(key_id: str, sealed: bytes) -> None:
                             SEALED_CARD_INVALID)
 
 
+def has_card_number(text: str) -> bool:
+    """True when ``text`` holds a run of 12+ digits as a card number is usually
+    written (split by spaces, dashes, dots, slashes or underscores): the log
+    redaction pattern of ``common.logging``. What the audit log keeps is
+    scrubbed more strictly still (``AuditEntry.values``)."""
+    return redact(text) != text
+
+
 def _check_reason(reason: str) -> str:
     if not 0 < len(reason) <= MAX_REASON_CHARS or not reason.isprintable() or not reason.strip():
         raise invalid_field("reason", f"must be 1-{MAX_REASON_CHARS} printable characters",
                             REASON_INVALID)
     if has_card_number(reason):
-        raise invalid_field("reason", "must not hold 12 or more digits with only spaces or "
-                            "punctuation between them (a card number, however written)",
-                            REASON_INVALID)
+        raise invalid_field("reason", "must not contain a card number or any run of 12 or "
+                            "more digits", REASON_INVALID)
     return reason
 
 
@@ -217,8 +224,7 @@ class AuditTarget:
 
     @classmethod
     def of(cls, tenant: str, token: str, reason: str = "", request_id: str = "") -> AuditTarget:
-        return cls(tenant if is_tenant(tenant) and not has_card_number(tenant) else "",
-                   token if is_token(token) else "",
+        return cls(tenant if is_tenant(tenant) else "", token if is_token(token) else "",
                    reason if _reason_loggable(reason) else "",
                    request_id if request_id_valid(request_id) else "")
 

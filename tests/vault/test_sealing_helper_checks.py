@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cardlink.vault.v1 import vault_pb2
 from clients.sealing import (
     KEY_SET_CONTEXT,
+    MISS_REFETCH_S,
     KeySetError,
     SealingKeyCache,
     seal_card,
@@ -221,3 +222,30 @@ async def test_key_cache_does_not_refetch_without_bound_for_an_unknown_id() -> N
         with pytest.raises(KeySetError):
             await cache.key("vhk-nope")
     assert fetches <= 2, fetches
+
+
+async def test_key_cache_does_not_refetch_without_bound_while_fetches_fail() -> None:
+    """A vault that is down (or a relay serving a set the helper refuses) is
+    not asked again for every unknown id: a failed fetch counts as a fetch."""
+    signer = Ed25519PrivateKey.generate()
+    signed = _signed([_key("vhk-current", CURRENT)], signer)
+    fetches = 0
+
+    async def fetch() -> vault_pb2.SealingKeySet:
+        nonlocal fetches
+        fetches += 1
+        if fetches > 1:
+            raise ConnectionError("the vault is down")
+        return signed
+
+    elapsed = [0.0]
+    cache = SealingKeyCache(fetch, {SIGNER_ID: signer.public_key()}, refresh_s=300,
+                            monotonic=lambda: elapsed[0], wall_clock=lambda: NOW)
+    await cache.current()
+    elapsed[0] += MISS_REFETCH_S
+    with pytest.raises(ConnectionError):
+        await cache.key("vhk-made-since")
+    for _ in range(100):
+        with pytest.raises(KeySetError):
+            await cache.key("vhk-made-since")
+    assert fetches == 2
