@@ -48,20 +48,28 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)
 }
 
 
-# For text that is kept for good (audit entries), after NFKC (superscript, circled
-# and wide digits become plain ones): 12 or more digits of any script with
-# anything but Latin letters between them, however much ("4111,1111",
-# "4111:1111", a blank-looking filler). Stricter than _DIGIT_RUN, which keeps
-# log lines with addresses and times legible.
-_KEPT_DIGIT_RUN = re.compile(r"\d(?:[^A-Za-z\d]*\d){11,}")
+# For text that is kept for good (audit entries): 12 or more digits with
+# anything but ASCII letters between them, however much ("4111,1111",
+# "4111:1111", a blank-looking filler or a Roman numeral between groups).
+# Stricter than _DIGIT_RUN, which keeps log lines with addresses legible.
+_KEPT_DIGIT_RUN = re.compile(r"[0-9](?:[^A-Za-z0-9]*[0-9]){11,}")
+
+
+def _as_ascii_digits(text: str) -> str:
+    """``text`` with every character that has a digit value (wide, superscript,
+    circled, other scripts' digits) as that ASCII digit, character for character."""
+    return "".join(str(d) if (d := unicodedata.digit(c, None)) is not None else c
+                   for c in text)
 
 
 def scrub_card_numbers(text: str) -> str:
-    """``text`` with every run that could spell a card number masked, however it
-    is written; unchanged (not normalised) when there is none."""
-    normal = unicodedata.normalize("NFKC", text)
-    scrubbed = _KEPT_DIGIT_RUN.sub(REDACTED, normal)
-    return text if scrubbed == normal else scrubbed
+    """``text`` with every run that could spell a card number, however it is
+    written, masked as ``[REDACTED]``; the text itself when there is none."""
+    plain = text if text.isascii() else _as_ascii_digits(text)
+    spans = [m.span() for m in _KEPT_DIGIT_RUN.finditer(plain)]
+    for start, end in reversed(spans):  # masks the original characters
+        text = text[:start] + REDACTED + text[end:]
+    return text
 
 
 def redact(text: str) -> str:

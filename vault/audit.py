@@ -111,13 +111,13 @@ class AuditEntry:
     request_id: str = ""
 
     def values(self) -> tuple[str, ...]:
-        """The stored field values, in FIELDS order. Every text field is scrubbed
-        of anything that could spell a card number, whoever supplied it (a
-        caller's reason, request id or token name, a JWT claim, a number an
-        operator typed): the log is kept for good, so no PAN may enter it."""
-        text = (self.action, self.caller, self.tenant, self.token, self.result)
-        return (*(scrub_card_numbers(v) for v in text), repr(self.time),
-                scrub_card_numbers(self.reason), scrub_card_numbers(self.request_id))
+        """The stored field values, in FIELDS order. The free text, ``reason``
+        (a caller's words, an operator's arguments), is scrubbed of anything
+        that could spell a card number: the log is kept for good. The other
+        fields are identifiers, kept exact; where they come from a caller
+        unchecked (a refused call) they are checked where the entry is made."""
+        return (self.action, self.caller, self.tenant, self.token, self.result,
+                repr(self.time), scrub_card_numbers(self.reason), self.request_id)
 
 
 def chain_payload(values: Iterable[str], seq: int) -> bytes:

@@ -18,7 +18,7 @@ import jwt
 from common.auth import PUBLIC_METHOD_PREFIXES, ScopeMissing, bearer_token, optional_principal
 from common.clock import Clock
 from common.errors import PermissionDenied, Unauthenticated, Unavailable
-from common.logging import redact
+from common.logging import redact, scrub_card_numbers
 from common.server import Behavior
 from vault.audit import CALL_REFUSED, AuditEntry, AuditSink
 from vault.keyring import Keyring
@@ -112,21 +112,34 @@ class RefusalAudit:
     async def _record(self, method: str, request: Any, context: Any,
                       error: Unauthenticated | PermissionDenied) -> None:
         principal = error.principal if isinstance(error, ScopeMissing) else optional_principal()
-        caller = (principal.subject if principal is not None
-                  else _claimed_caller(context.invocation_metadata()))
         call = self._calls.get(method)
+        target = call.target(request) if call is not None else AuditTarget(reason=method)
+        if principal is not None:
+            caller, reason = principal.subject, target.reason
+        else:
+            caller, reason = _unproven(_claimed_caller(context.invocation_metadata()),
+                                       target.reason)
         if call is None:
             entry = AuditEntry(action=CALL_REFUSED, caller=caller,
                                tenant=principal.tenant if principal is not None else "",
                                token="", result=error.reason, time=self._clock.now(),
-                               reason=method)
+                               reason=reason)
         else:
-            target = call.target(request)
             entry = AuditEntry(action=call.action, caller=caller, tenant=target.tenant,
                                token=target.token, result=error.reason,
-                               time=self._clock.now(), reason=target.reason,
+                               time=self._clock.now(), reason=reason,
                                request_id=target.request_id)
         await self._audit.append(entry)
+
+
+def _unproven(caller: str, reason: str) -> tuple[str, str]:
+    """An unauthenticated caller's claims and stated reason, as the log keeps
+    them: neither may spell a card number, nor may the two together (half in
+    each), so on a match the reason is dropped and the claims scrubbed."""
+    together = f"{caller} {reason}"
+    if scrub_card_numbers(together) == together:
+        return caller, reason
+    return scrub_card_numbers(caller), ""
 
 
 def _claimed_caller(metadata: Any) -> str:

@@ -23,7 +23,7 @@ from common.errors import (
     NotFound,
     invalid_field,
 )
-from common.logging import redact
+from common.logging import redact, scrub_card_numbers
 from common.request_ids import is_uuid4
 from vault.access import TENANT_MISMATCH
 from vault.audit import (
@@ -224,9 +224,10 @@ class AuditTarget:
 
     @classmethod
     def of(cls, tenant: str, token: str, reason: str = "", request_id: str = "") -> AuditTarget:
-        return cls(tenant if is_tenant(tenant) else "", token if is_token(token) else "",
+        shown_tenant = is_tenant(tenant) and scrub_card_numbers(tenant) == tenant
+        return cls(tenant if shown_tenant else "", token if is_token(token) else "",
                    reason if _reason_loggable(reason) else "",
-                   request_id if request_id_valid(request_id) else "")
+                   scrub_card_numbers(request_id) if request_id_valid(request_id) else "")
 
     @classmethod
     def of_name(cls, name: str, reason: str = "", request_id: str = "") -> AuditTarget:
