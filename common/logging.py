@@ -25,6 +25,7 @@ __all__ = [
     "KeyValueFormatter",
     "RedactingFilter",
     "configure_logging",
+    "mask_digits",
     "redact",
     "scrub_card_numbers",
 ]
@@ -55,21 +56,41 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)
 _KEPT_DIGIT_RUN = re.compile(r"[0-9](?:[^A-Za-z0-9]*[0-9]){11,}")
 
 
-def _as_ascii_digits(text: str) -> str:
-    """``text`` with every character that has a digit value (wide, superscript,
-    circled, other scripts' digits) as that ASCII digit, character for character."""
-    return "".join(str(d) if (d := unicodedata.digit(c, None)) is not None else c
+def _digits_of(char: str) -> str:
+    """What a reader takes a non-ASCII character for: its digit(s) if it shows
+    any (wide, superscript, circled "11", other scripts' digits), else a space
+    (a separator, even when NFKC would make it an ASCII letter)."""
+    digit = unicodedata.digit(char, None)
+    if digit is not None:
+        return str(digit)
+    shown = "".join(str(d) for c in unicodedata.normalize("NFKC", char)
+                    if (d := unicodedata.digit(c, None)) is not None)
+    return shown or " "
+
+
+def mask_digits(text: str) -> str:
+    """``text`` with every character that shows a digit, of any script, as ``#``."""
+    return "".join("#" if c.isdigit() or (not c.isascii() and _digits_of(c) != " ") else c
                    for c in text)
 
 
 def scrub_card_numbers(text: str) -> str:
     """``text`` with every run that could spell a card number, however it is
     written, masked as ``[REDACTED]``; the text itself when there is none."""
-    plain = text if text.isascii() else _as_ascii_digits(text)
-    spans = [m.span() for m in _KEPT_DIGIT_RUN.finditer(plain)]
-    for start, end in reversed(spans):  # masks the original characters
-        text = text[:start] + REDACTED + text[end:]
-    return text
+    if text.isascii():
+        plain, origin = text, None
+    else:
+        pieces = [c if c.isascii() else _digits_of(c) for c in text]
+        plain = "".join(pieces)
+        origin = [i for i, piece in enumerate(pieces) for _ in piece] + [len(text)]
+    parts, last = [], 0
+    for match in _KEPT_DIGIT_RUN.finditer(plain):
+        start, end = match.span()
+        if origin is not None:  # back to the characters of ``text``
+            start, end = origin[start], origin[end - 1] + 1
+        parts += [text[last:start], REDACTED]
+        last = end
+    return "".join([*parts, text[last:]]) if parts else text
 
 
 def redact(text: str) -> str:

@@ -112,12 +112,15 @@ class AuditEntry:
 
     def values(self) -> tuple[str, ...]:
         """The stored field values, in FIELDS order. The free text, ``reason``
-        (a caller's words, an operator's arguments), is scrubbed of anything
-        that could spell a card number: the log is kept for good. The other
-        fields are identifiers, kept exact; where they come from a caller
-        unchecked (a refused call) they are checked where the entry is made."""
-        return (self.action, self.caller, self.tenant, self.token, self.result,
-                repr(self.time), scrub_card_numbers(self.reason), self.request_id)
+        (a caller's words, an operator's arguments), and the token (a refused
+        caller may pick one whose base32 holds a digit run; a real one never
+        does) are scrubbed of anything that could spell a card number: the
+        log is kept for good. The other fields are identifiers, kept exact;
+        where a caller supplied them unchecked (a refused call) they are
+        checked where the entry is made."""
+        return (self.action, self.caller, self.tenant, scrub_card_numbers(self.token),
+                self.result, repr(self.time), scrub_card_numbers(self.reason),
+                self.request_id)
 
 
 def chain_payload(values: Iterable[str], seq: int) -> bytes:

@@ -18,7 +18,7 @@ import jwt
 from common.auth import PUBLIC_METHOD_PREFIXES, ScopeMissing, bearer_token, optional_principal
 from common.clock import Clock
 from common.errors import PermissionDenied, Unauthenticated, Unavailable
-from common.logging import redact, scrub_card_numbers
+from common.logging import mask_digits, redact
 from common.server import Behavior
 from vault.audit import CALL_REFUSED, AuditEntry, AuditSink
 from vault.keyring import Keyring
@@ -115,31 +115,30 @@ class RefusalAudit:
         call = self._calls.get(method)
         target = call.target(request) if call is not None else AuditTarget(reason=method)
         if principal is not None:
-            caller, reason = principal.subject, target.reason
+            caller = principal.subject
         else:
-            caller, reason = _unproven(_claimed_caller(context.invocation_metadata()),
-                                       target.reason)
+            caller, target = _unproven(_claimed_caller(context.invocation_metadata()), target)
         if call is None:
             entry = AuditEntry(action=CALL_REFUSED, caller=caller,
                                tenant=principal.tenant if principal is not None else "",
                                token="", result=error.reason, time=self._clock.now(),
-                               reason=reason)
+                               reason=method)
         else:
             entry = AuditEntry(action=call.action, caller=caller, tenant=target.tenant,
                                token=target.token, result=error.reason,
-                               time=self._clock.now(), reason=reason,
+                               time=self._clock.now(), reason=target.reason,
                                request_id=target.request_id)
         await self._audit.append(entry)
 
 
-def _unproven(caller: str, reason: str) -> tuple[str, str]:
-    """An unauthenticated caller's claims and stated reason, as the log keeps
-    them: neither may spell a card number, nor may the two together (half in
-    each), so on a match the reason is dropped and the claims scrubbed."""
-    together = f"{caller} {reason}"
-    if scrub_card_numbers(together) == together:
-        return caller, reason
-    return scrub_card_numbers(caller), ""
+def _unproven(caller: str, target: AuditTarget) -> tuple[str, AuditTarget]:
+    """An unauthenticated caller's claims and what its request named, as the log
+    keeps them. Nothing it said can be trusted, and digits spread over several
+    fields could be read together as a card number, so: its claims without
+    digits, the tenant only if it has none, the token (scrubbed where it is
+    stored), and neither its reason nor its request id."""
+    tenant = target.tenant if mask_digits(target.tenant) == target.tenant else ""
+    return mask_digits(caller), AuditTarget(tenant, target.token)
 
 
 def _claimed_caller(metadata: Any) -> str:

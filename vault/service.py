@@ -174,6 +174,12 @@ def has_card_number(text: str) -> bool:
     return redact(text) != text
 
 
+def spells_nothing(*parts: str) -> bool:
+    """True unless ``parts``, side by side, could spell a card number."""
+    joined = " ".join(parts)
+    return scrub_card_numbers(joined) == joined
+
+
 def _check_reason(reason: str) -> str:
     if not 0 < len(reason) <= MAX_REASON_CHARS or not reason.isprintable() or not reason.strip():
         raise invalid_field("reason", f"must be 1-{MAX_REASON_CHARS} printable characters",
@@ -215,7 +221,8 @@ def _check_actor(actor: Actor) -> Actor:
 class AuditTarget:
     """What an audit entry of a refused call may show of the request: each part
     only if it passed its check (a malformed name, reason or request id may
-    carry a card number), else empty."""
+    carry a card number), and only as long as the parts could not spell one
+    together either (half in one, half in another): else empty."""
 
     tenant: str = ""
     token: str = ""
@@ -224,10 +231,20 @@ class AuditTarget:
 
     @classmethod
     def of(cls, tenant: str, token: str, reason: str = "", request_id: str = "") -> AuditTarget:
-        shown_tenant = is_tenant(tenant) and scrub_card_numbers(tenant) == tenant
-        return cls(tenant if shown_tenant else "", token if is_token(token) else "",
-                   reason if _reason_loggable(reason) else "",
-                   scrub_card_numbers(request_id) if request_id_valid(request_id) else "")
+        target = cls(tenant if is_tenant(tenant) else "", token if is_token(token) else "",
+                     reason if _reason_loggable(reason) else "",
+                     request_id if request_id_valid(request_id) else "")
+        return target.spelling_nothing()
+
+    def spelling_nothing(self, *beside: str) -> AuditTarget:
+        """This target, without the parts that, with ``beside`` (an unproven
+        caller's claims), could spell a card number: first the free text and
+        request id, then the tenant. The token is scrubbed where it is stored."""
+        if spells_nothing(*beside, self.tenant, self.token, self.reason, self.request_id):
+            return self
+        if spells_nothing(*beside, self.tenant, self.token):
+            return AuditTarget(self.tenant, self.token)
+        return AuditTarget(token=self.token)
 
     @classmethod
     def of_name(cls, name: str, reason: str = "", request_id: str = "") -> AuditTarget:

@@ -13,6 +13,7 @@ import pytest
 from cardlink.vault.v1 import admin_pb2, vault_pb2
 from tests.support.vault import VaultHandle
 from vault.audit import FIELDS, AuditEntry
+from vault.tokens import is_token
 
 PAN = "4111111111111111"
 TOKEN = "ctk_" + "a" * 26
@@ -142,3 +143,80 @@ def test_text_without_a_card_number_is_kept_as_it_is() -> None:
     dated = AuditEntry("detokenize", "bank", "acme", "", "OK", 1.0,
                        "chargeback 2024-05-01 (#4471)")
     assert dated.values()[6] == "chargeback [REDACTED])"
+
+
+# Mastercard test PAN, Luhn-valid, only digits 2-7: fits the token alphabet.
+MC_PAN = "5555555555554444"
+PAN_TOKEN = "ctk_" + "a" * 10 + MC_PAN[:-1] + MC_PAN[-1]  # 10 + 15 + final "4"
+
+
+async def _records(vault: VaultHandle) -> list[dict[str, str]]:
+    return [dict(r.fields) async for r in vault.admin.ExportAudit(
+        admin_pb2.ExportAuditRequest(), metadata=vault.security())]
+
+
+async def test_a_token_name_whose_base32_spells_a_card_number_is_kept_without_it(
+        vault: VaultHandle) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await vault.stub.DetokenizeToken(vault_pb2.DetokenizeTokenRequest(
+            name=f"tenants/acme/tokens/{PAN_TOKEN}", reason="x"))
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED and is_token(PAN_TOKEN)
+    records = await _records(vault)
+    assert not any(MC_PAN in _digits(r["token"]) for r in records), records[-1]
+
+
+async def test_a_partner_s_delete_of_such_a_token_is_kept_without_it(
+        vault: VaultHandle) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await vault.stub.DeleteToken(vault_pb2.DeleteTokenRequest(
+            name=f"tenants/acme/tokens/{PAN_TOKEN}"), metadata=vault.partner())
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    records = await _records(vault)
+    assert not any(MC_PAN in _digits(r["token"]) for r in records), records[-2:]
+
+
+# 4111111111111111 as 4, seven CIRCLED NUMBER ELEVEN (NFKC "11"), 1: no
+# character but the first and last has a digit value, so the scrub counts 2.
+CIRCLED = "card \u2463" + "\u246a" * 7 + "\u2460"
+
+
+async def test_circled_numbers_of_two_digits_count_in_a_reason(
+        vault: VaultHandle) -> None:
+    with pytest.raises(grpc.aio.AioRpcError):
+        await vault.stub.DetokenizeToken(vault_pb2.DetokenizeTokenRequest(
+            name="tenants/acme/tokens/ctk_" + "a" * 26, reason=CIRCLED))
+    last = (await _records(vault))[-1]
+    assert "4111111111111111" not in _digits(last["reason"]), last
+
+
+async def test_circled_numbers_of_two_digits_count_in_claims(
+        vault: VaultHandle) -> None:
+    forged = jwt.encode({"iss": "x", "sub": CIRCLED},
+                        "not the issuer's key, and long enough for HS256", algorithm="HS256")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await vault.stub.DeleteToken(vault_pb2.DeleteTokenRequest(
+            name="tenants/acme/tokens/ctk_" + "a" * 26),
+            metadata=(("authorization", f"Bearer {forged}"),))
+    last = (await _records(vault))[-1]
+    assert "4111111111111111" not in _digits(last["caller"]), last
+
+
+async def test_a_pan_split_between_claims_and_tenant_is_not_kept(vault: VaultHandle) -> None:
+    forged = jwt.encode({"iss": "x", "sub": "card 4012 8888"},
+                        "not the issuer's key, and long enough for HS256", algorithm="HS256")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await vault.stub.DetokenizeToken(vault_pb2.DetokenizeTokenRequest(
+            name="tenants/88881881/tokens/ctk_" + "a" * 26, reason="x"),
+            metadata=(("authorization", f"Bearer {forged}"),))
+    last = (await _records(vault))[-1]
+    assert "4012888888881881" not in _digits(last["caller"] + last["tenant"]), last
+
+
+async def test_a_pan_split_between_reason_and_request_id_is_not_kept(
+        vault: VaultHandle) -> None:
+    with pytest.raises(grpc.aio.AioRpcError):
+        await vault.stub.DetokenizeToken(vault_pb2.DetokenizeTokenRequest(
+            name="tenants/acme/tokens/ctk_" + "a" * 26, reason="card 4012 8888",
+            request_id="88881881-aaaa-4aaa-aaaa-aaaaaaaaaaaa"))
+    last = (await _records(vault))[-1]
+    assert "4012888888881881" not in _digits(last["reason"] + last["request_id"]), last
