@@ -25,6 +25,7 @@ __all__ = [
     "KeyValueFormatter",
     "RedactingFilter",
     "configure_logging",
+    "count_digits",
     "mask_digits",
     "redact",
     "scrub_card_numbers",
@@ -66,6 +67,12 @@ def _digits_of(char: str) -> str:
     shown = "".join(str(d) for c in unicodedata.normalize("NFKC", char)
                     if (d := unicodedata.digit(c, None)) is not None)
     return shown or " "
+
+
+def count_digits(text: str) -> int:
+    """How many digits a reader sees in ``text`` (circled 11 shows two)."""
+    return sum(1 if c.isascii() else len(_digits_of(c).strip()) for c in text
+               if c.isdigit() or not c.isascii())
 
 
 def mask_digits(text: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jwt
@@ -115,7 +115,7 @@ class RefusalAudit:
         call = self._calls.get(method)
         target = call.target(request) if call is not None else AuditTarget(reason=method)
         if principal is not None:
-            caller = principal.subject
+            caller, target = principal.subject, target.unprivileged()
         else:
             caller, target = _unproven(_claimed_caller(context.invocation_metadata()), target)
         if call is None:
@@ -137,8 +137,7 @@ def _unproven(caller: str, target: AuditTarget) -> tuple[str, AuditTarget]:
     fields could be read together as a card number, so: its claims without
     digits, the tenant only if it has none, the token (scrubbed where it is
     stored), and neither its reason nor its request id."""
-    tenant = target.tenant if mask_digits(target.tenant) == target.tenant else ""
-    return mask_digits(caller), AuditTarget(tenant, target.token)
+    return mask_digits(caller), replace(target.unprivileged(), reason="")
 
 
 def _claimed_caller(metadata: Any) -> str:

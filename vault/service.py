@@ -23,7 +23,7 @@ from common.errors import (
     NotFound,
     invalid_field,
 )
-from common.logging import redact, scrub_card_numbers
+from common.logging import count_digits, mask_digits, scrub_card_numbers
 from common.request_ids import is_uuid4
 from vault.access import TENANT_MISMATCH
 from vault.audit import (
@@ -167,11 +167,10 @@ def _check_sealed_input(key_id: str, sealed: bytes) -> None:
 
 
 def has_card_number(text: str) -> bool:
-    """True when ``text`` holds a run of 12+ digits as a card number is usually
-    written (split by spaces, dashes, dots, slashes or underscores): the log
-    redaction pattern of ``common.logging``. What the audit log keeps is
-    scrubbed more strictly still (``AuditEntry.values``)."""
-    return redact(text) != text
+    """True when ``text`` could spell a card number however written: what the
+    audit log would mask (``common.logging.scrub_card_numbers``). A reason is
+    refused for it rather than kept masked, so the log keeps it exactly."""
+    return scrub_card_numbers(text) != text
 
 
 def spells_nothing(*parts: str) -> bool:
@@ -185,8 +184,9 @@ def _check_reason(reason: str) -> str:
         raise invalid_field("reason", f"must be 1-{MAX_REASON_CHARS} printable characters",
                             REASON_INVALID)
     if has_card_number(reason):
-        raise invalid_field("reason", "must not contain a card number or any run of 12 or "
-                            "more digits", REASON_INVALID)
+        raise invalid_field("reason", "must not hold 12 or more digits with only spaces or "
+                            "punctuation between them (a card number, however written)",
+                            REASON_INVALID)
     return reason
 
 
@@ -235,6 +235,15 @@ class AuditTarget:
                      reason if _reason_loggable(reason) else "",
                      request_id if request_id_valid(request_id) else "")
         return target.spelling_nothing()
+
+    def unprivileged(self) -> AuditTarget:
+        """What an entry keeps of a request by a caller not entitled to the call:
+        a tenant only without digits, the token, the reason only if it and the
+        token hold fewer than 12 digits together, no request id. Digits spread
+        over fields could be read together as a card number."""
+        tenant = self.tenant if mask_digits(self.tenant) == self.tenant else ""
+        few = count_digits(self.token) + count_digits(self.reason) < 12
+        return AuditTarget(tenant, self.token, self.reason if few else "")
 
     def spelling_nothing(self, *beside: str) -> AuditTarget:
         """This target, without the parts that, with ``beside`` (an unproven
@@ -433,8 +442,10 @@ class VaultService:
         check_tenant(tenant, field="name")
         check_token(token, field="name")
         _check_actor(actor)
+        # A partner's request id is its own choice: a UUID4's digits can spell a card.
+        actor = Actor(actor.caller, scrub_card_numbers(actor.request_id))
         if caller_tenant is not None and caller_tenant != tenant:
-            shown = AuditTarget.of(tenant, token)
+            shown = AuditTarget.of(tenant, token).unprivileged()
             await self._audit.append(self._entry(DELETE, shown.tenant, shown.token, actor,
                                                  TENANT_MISMATCH,
                                                  f"caller tenant {caller_tenant}"))

@@ -220,3 +220,47 @@ async def test_a_pan_split_between_reason_and_request_id_is_not_kept(
             request_id="88881881-aaaa-4aaa-aaaa-aaaaaaaaaaaa"))
     last = (await _records(vault))[-1]
     assert "4012888888881881" not in _digits(last["reason"] + last["request_id"]), last
+
+
+async def test_a_partner_without_the_scope_cannot_split_a_pan_over_tenant_and_reason(
+        vault: VaultHandle) -> None:
+    """4012888888881881 as tenant "4012-8888" and reason "8888 1881", with the
+    token's letters between them in the entry."""
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await vault.stub.DetokenizeToken(vault_pb2.DetokenizeTokenRequest(
+            name=f"tenants/4012-8888/tokens/{TOKEN}", reason="8888 1881"),
+            metadata=vault.partner())
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    last = (await _records(vault))[-1]
+    assert "4012888888881881" not in _digits(last["tenant"] + last["reason"]), last
+
+
+async def test_a_partner_s_request_id_that_spells_a_pan_is_not_kept(vault: VaultHandle) -> None:
+    # A valid UUID4 whose first three groups are the Visa test PAN 4111111111111111.
+    pan_uuid = "41111111-1111-4111-a111-111111111111"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await vault.stub.DeleteToken(vault_pb2.DeleteTokenRequest(
+            name=f"tenants/acme/tokens/{TOKEN}", request_id=pan_uuid), metadata=vault.partner())
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    kept = [r for r in await _records(vault) if "41111111-1111-4111" in r["request_id"]]
+    assert kept == [], kept
+
+
+async def test_a_bank_detokenize_is_audited_exactly_and_a_reason_it_would_mask_is_refused(
+        vault: VaultHandle) -> None:
+    sealed = await vault.seal(vault_pb2.CardSecret(pan="4111111111111111", expiry_month=12,
+                                                   expiry_year=2030, holder_name="A B",
+                                                   national_id="ID1", phone="+4915112345678"))
+    made = await vault.stub.TokenizeCard(vault_pb2.TokenizeCardRequest(
+        parent="tenants/acme", sealed_card=sealed), metadata=vault.partner())
+    with pytest.raises(grpc.aio.AioRpcError) as masked:  # the log could not keep it exactly
+        await vault.stub.DetokenizeToken(vault_pb2.DetokenizeTokenRequest(
+            name=made.token.name, reason="tickets 1234, 5678, 9012"), metadata=vault.bank())
+    assert masked.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    reason = "tickets 1234 and 5678"
+    await vault.stub.DetokenizeToken(vault_pb2.DetokenizeTokenRequest(
+        name=made.token.name, reason=reason), metadata=vault.bank())
+    last = (await _records(vault))[-1]
+    assert (last["caller"], last["tenant"], last["result"]) == ("cardlink-bank-svc", "acme", "OK")
+    assert last["token"] == made.token.name.rsplit("/", 1)[1]
+    assert last["reason"] == reason, last
