@@ -7,6 +7,8 @@ run against a real vault on loopback."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -186,61 +188,54 @@ async def test_a_key_set_with_no_usable_current_key_gives_nothing_to_seal_to(wha
         verified.current()
 
 
+class _KeySetSource:
+    """What the cache fetches from: one signed set, fetches counted; from fetch
+    ``fail_from`` on, the vault is down."""
+
+    def __init__(self, keys: list[vault_pb2.SealingKey], fail_from: int = 0) -> None:
+        self._signer = Ed25519PrivateKey.generate()
+        self._signed = _signed(keys, self._signer)
+        self._fail_from = fail_from
+        self.fetches = 0
+
+    async def fetch(self) -> vault_pb2.SealingKeySet:
+        self.fetches += 1
+        if self._fail_from and self.fetches >= self._fail_from:
+            raise ConnectionError("the vault is down")
+        return self._signed
+
+    def cache(self, monotonic: Callable[[], float],
+              wall_clock: Callable[[], float]) -> SealingKeyCache:
+        return SealingKeyCache(self.fetch, {SIGNER_ID: self._signer.public_key()},
+                               refresh_s=300, monotonic=monotonic, wall_clock=wall_clock)
+
+
 async def test_key_cache_does_not_return_a_key_past_its_grace_period() -> None:
-    signer = Ed25519PrivateKey.generate()
-    signed = _signed([_key("vhk-current", CURRENT), _key("vhk-old", PREVIOUS, expire=NOW + 10)],
-                     signer)
-    fetches = 0
-
-    async def fetch() -> vault_pb2.SealingKeySet:
-        nonlocal fetches
-        fetches += 1
-        return signed
-
+    source = _KeySetSource([_key("vhk-current", CURRENT),
+                            _key("vhk-old", PREVIOUS, expire=NOW + 10)])
     clock = [NOW]
-    cache = SealingKeyCache(fetch, {SIGNER_ID: signer.public_key()}, refresh_s=300,
-                            monotonic=lambda: clock[0] - NOW, wall_clock=lambda: clock[0])
+    cache = source.cache(lambda: clock[0] - NOW, lambda: clock[0])
     assert (await cache.key("vhk-old")).key_id == "vhk-old"
     clock[0] = NOW + 60  # the grace period ended 50 s ago; the cached set is 60 s old
     with pytest.raises(KeySetError):
-        await cache.key("vhk-old")  # documented: "KeySetError if ... its grace period has ended"
+        await cache.key("vhk-old")
 
 
 async def test_key_cache_does_not_refetch_without_bound_for_an_unknown_id() -> None:
-    signer = Ed25519PrivateKey.generate()
-    signed = _signed([_key("vhk-current", CURRENT)], signer)
-    fetches = 0
-
-    async def fetch() -> vault_pb2.SealingKeySet:
-        nonlocal fetches
-        fetches += 1
-        return signed
-
-    cache = SealingKeyCache(fetch, {SIGNER_ID: signer.public_key()}, refresh_s=300,
-                            monotonic=lambda: 0.0, wall_clock=lambda: NOW)
+    source = _KeySetSource([_key("vhk-current", CURRENT)])
+    cache = source.cache(lambda: 0.0, lambda: NOW)
     for _ in range(100):
         with pytest.raises(KeySetError):
             await cache.key("vhk-nope")
-    assert fetches <= 2, fetches
+    assert source.fetches == 1
 
 
 async def test_key_cache_does_not_refetch_without_bound_while_fetches_fail() -> None:
     """A vault that is down (or a relay serving a set the helper refuses) is
     not asked again for every unknown id: a failed fetch counts as a fetch."""
-    signer = Ed25519PrivateKey.generate()
-    signed = _signed([_key("vhk-current", CURRENT)], signer)
-    fetches = 0
-
-    async def fetch() -> vault_pb2.SealingKeySet:
-        nonlocal fetches
-        fetches += 1
-        if fetches > 1:
-            raise ConnectionError("the vault is down")
-        return signed
-
+    source = _KeySetSource([_key("vhk-current", CURRENT)], fail_from=2)
     elapsed = [0.0]
-    cache = SealingKeyCache(fetch, {SIGNER_ID: signer.public_key()}, refresh_s=300,
-                            monotonic=lambda: elapsed[0], wall_clock=lambda: NOW)
+    cache = source.cache(lambda: elapsed[0], lambda: NOW)
     await cache.current()
     elapsed[0] += MISS_REFETCH_S
     with pytest.raises(ConnectionError):
@@ -248,4 +243,4 @@ async def test_key_cache_does_not_refetch_without_bound_while_fetches_fail() -> 
     for _ in range(100):
         with pytest.raises(KeySetError):
             await cache.key("vhk-made-since")
-    assert fetches == 2
+    assert source.fetches == 2
