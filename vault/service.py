@@ -442,8 +442,6 @@ class VaultService:
         check_tenant(tenant, field="name")
         check_token(token, field="name")
         _check_actor(actor)
-        # A partner's request id is its own choice: a UUID4's digits can spell a card.
-        actor = Actor(actor.caller, scrub_card_numbers(actor.request_id))
         if caller_tenant is not None and caller_tenant != tenant:
             shown = AuditTarget.of(tenant, token).unprivileged()
             await self._audit.append(self._entry(DELETE, shown.tenant, shown.token, actor,
