@@ -69,16 +69,21 @@ def _digits_of(char: str) -> str:
     return shown or " "
 
 
+def _shown_digits(char: str) -> str:
+    """The digits a reader sees in one character ('' for none)."""
+    if char.isascii():
+        return char if char.isdigit() else ""
+    return _digits_of(char).strip()
+
+
 def count_digits(text: str) -> int:
     """How many digits a reader sees in ``text`` (circled 11 shows two)."""
-    return sum(1 if c.isascii() else len(_digits_of(c).strip()) for c in text
-               if c.isdigit() or not c.isascii())
+    return sum(len(_shown_digits(c)) for c in text)
 
 
 def mask_digits(text: str) -> str:
     """``text`` with every character that shows a digit, of any script, as ``#``."""
-    return "".join("#" if c.isdigit() or (not c.isascii() and _digits_of(c) != " ") else c
-                   for c in text)
+    return "".join("#" if _shown_digits(c) else c for c in text)
 
 
 def scrub_card_numbers(text: str) -> str:

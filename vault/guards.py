@@ -112,32 +112,26 @@ class RefusalAudit:
     async def _record(self, method: str, request: Any, context: Any,
                       error: Unauthenticated | PermissionDenied) -> None:
         principal = error.principal if isinstance(error, ScopeMissing) else optional_principal()
+        # An unauthenticated caller's claims are kept without digits: nothing it
+        # said can be trusted, and digits spread over several fields could be
+        # read together as a card number.
+        caller = (principal.subject if principal is not None
+                  else mask_digits(_claimed_caller(context.invocation_metadata())))
         call = self._calls.get(method)
-        target = call.target(request) if call is not None else AuditTarget(reason=method)
-        if principal is not None:
-            caller, target = principal.subject, target.unprivileged()
-        else:
-            caller, target = _unproven(_claimed_caller(context.invocation_metadata()), target)
         if call is None:
             entry = AuditEntry(action=CALL_REFUSED, caller=caller,
                                tenant=principal.tenant if principal is not None else "",
                                token="", result=error.reason, time=self._clock.now(),
                                reason=method)
         else:
+            target = call.target(request).unprivileged()
+            if principal is None:  # for the same reason, not even its own words
+                target = replace(target, reason="")
             entry = AuditEntry(action=call.action, caller=caller, tenant=target.tenant,
                                token=target.token, result=error.reason,
                                time=self._clock.now(), reason=target.reason,
                                request_id=target.request_id)
         await self._audit.append(entry)
-
-
-def _unproven(caller: str, target: AuditTarget) -> tuple[str, AuditTarget]:
-    """An unauthenticated caller's claims and what its request named, as the log
-    keeps them. Nothing it said can be trusted, and digits spread over several
-    fields could be read together as a card number, so: its claims without
-    digits, the tenant only if it has none, the token (scrubbed where it is
-    stored), and neither its reason nor its request id."""
-    return mask_digits(caller), replace(target.unprivileged(), reason="")
 
 
 def _claimed_caller(metadata: Any) -> str:

@@ -23,7 +23,7 @@ from common.errors import (
     NotFound,
     invalid_field,
 )
-from common.logging import count_digits, mask_digits, scrub_card_numbers
+from common.logging import count_digits, scrub_card_numbers
 from common.request_ids import is_uuid4
 from vault.access import TENANT_MISMATCH
 from vault.audit import (
@@ -234,26 +234,23 @@ class AuditTarget:
         target = cls(tenant if is_tenant(tenant) else "", token if is_token(token) else "",
                      reason if _reason_loggable(reason) else "",
                      request_id if request_id_valid(request_id) else "")
-        return target.spelling_nothing()
+        # Parts that could spell a card number side by side: first the free
+        # text and request id go, then the tenant (the token is scrubbed where
+        # it is stored).
+        if spells_nothing(target.tenant, target.token, target.reason, target.request_id):
+            return target
+        if spells_nothing(target.tenant, target.token):
+            return cls(target.tenant, target.token)
+        return cls(token=target.token)
 
     def unprivileged(self) -> AuditTarget:
         """What an entry keeps of a request by a caller not entitled to the call:
         a tenant only without digits, the token, the reason only if it and the
         token hold fewer than 12 digits together, no request id. Digits spread
         over fields could be read together as a card number."""
-        tenant = self.tenant if mask_digits(self.tenant) == self.tenant else ""
+        tenant = self.tenant if count_digits(self.tenant) == 0 else ""
         few = count_digits(self.token) + count_digits(self.reason) < 12
         return AuditTarget(tenant, self.token, self.reason if few else "")
-
-    def spelling_nothing(self, *beside: str) -> AuditTarget:
-        """This target, without the parts that, with ``beside`` (an unproven
-        caller's claims), could spell a card number: first the free text and
-        request id, then the tenant. The token is scrubbed where it is stored."""
-        if spells_nothing(*beside, self.tenant, self.token, self.reason, self.request_id):
-            return self
-        if spells_nothing(*beside, self.tenant, self.token):
-            return AuditTarget(self.tenant, self.token)
-        return AuditTarget(token=self.token)
 
     @classmethod
     def of_name(cls, name: str, reason: str = "", request_id: str = "") -> AuditTarget:
