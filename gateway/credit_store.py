@@ -80,6 +80,10 @@ local function order()
   return 'SUPERSEDED', applied
 end
 local function record() redis.call('HSET', k, seqf, seq, evtf, evt) end
+-- Before anything else (a missing line has applied nothing: it goes on to NOT_FOUND).
+local verdict, applied = order()
+if verdict == 'APPLIED' then return {'OK', ''} end
+if verdict then return {verdict, applied} end
 """
 
 # A new limit from the bank. Available is derived (max(0, limit - held -
@@ -87,9 +91,6 @@ local function record() redis.call('HSET', k, seqf, seq, evtf, evt) end
 _CHANGE_LIMIT = script(_EVENT + """
 local state = redis.call('HGET', k, 'state')
 if not state then return {'NOT_FOUND', ''} end
-local verdict, applied = order()
-if verdict == 'APPLIED' then return {'OK', ''} end
-if verdict then return {verdict, applied} end
 if state ~= 'ACTIVE' and state ~= 'FROZEN' then return {'STATE', state} end
 local cur = redis.call('HGET', k, 'cur')
 if cur ~= ARGV[7] then return {'CURRENCY', cur} end
@@ -103,9 +104,6 @@ return {'OK', ''}
 _SET_STATE = script(_EVENT + """
 local state = redis.call('HGET', k, 'state')
 if not state then return {'NOT_FOUND', ''} end
-local verdict, applied = order()
-if verdict == 'APPLIED' then return {'OK', ''} end
-if verdict then return {verdict, applied} end
 if state == ARGV[8] then
   record()
   return {'OK', ''}
@@ -126,9 +124,6 @@ local clid = ARGV[3]
 local line = redis.call('HMGET', k, 'state', 'held', 'out')
 local state = line[1]
 if not state then return {'NOT_FOUND', ''} end
-local verdict, applied = order()
-if verdict == 'APPLIED' then return {'OK', ''} end
-if verdict then return {verdict, applied} end
 if state == 'CLOSED' then
   record()
   return {'OK', ''}
