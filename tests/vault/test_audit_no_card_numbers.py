@@ -19,10 +19,13 @@ PAN = "4111111111111111"
 TOKEN = "ctk_" + "a" * 26
 
 
+async def _records(vault: VaultHandle) -> list[dict[str, str]]:
+    return [dict(r.fields) async for r in vault.admin.ExportAudit(
+        admin_pb2.ExportAuditRequest(), metadata=vault.security())]
+
+
 async def _audit_text(vault: VaultHandle) -> str:
-    records = [r async for r in vault.admin.ExportAudit(admin_pb2.ExportAuditRequest(),
-                                                         metadata=vault.security())]
-    return repr([dict(r.fields) for r in records])
+    return repr(await _records(vault))
 
 
 @pytest.mark.parametrize("tenant", [PAN, "4111-1111-1111-1111"])
@@ -126,9 +129,7 @@ async def test_a_pan_split_between_the_claimed_caller_and_the_reason_is_not_kept
         await vault.stub.DetokenizeToken(vault_pb2.DetokenizeTokenRequest(
             name=f"tenants/acme/tokens/{TOKEN}", reason="8888 1881"),
             metadata=(("authorization", f"Bearer {forged}"),))
-    records = [dict(r.fields) async for r in vault.admin.ExportAudit(
-        admin_pb2.ExportAuditRequest(), metadata=vault.security())]
-    last = records[-1]
+    last = (await _records(vault))[-1]
     assert last["action"] == "detokenize" and last["token"] == TOKEN
     assert "4012888888881881" not in _digits(last["caller"] + last["reason"]), last
 
@@ -148,11 +149,6 @@ def test_text_without_a_card_number_is_kept_as_it_is() -> None:
 # Mastercard test PAN, Luhn-valid, only digits 2-7: fits the token alphabet.
 MC_PAN = "5555555555554444"
 PAN_TOKEN = "ctk_" + "a" * 10 + MC_PAN[:-1] + MC_PAN[-1]  # 10 + 15 + final "4"
-
-
-async def _records(vault: VaultHandle) -> list[dict[str, str]]:
-    return [dict(r.fields) async for r in vault.admin.ExportAudit(
-        admin_pb2.ExportAuditRequest(), metadata=vault.security())]
 
 
 async def test_a_token_name_whose_base32_spells_a_card_number_is_kept_without_it(
